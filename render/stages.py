@@ -1,0 +1,335 @@
+"""The render stages: feature renders (`renders/<sha>/`) and conditioning renders (`renders_cond/<sha>/`).
+
+Both read the raw asset that the ingest stage stored (`task.input("ingest").uri`, format from
+`task.asset["format"]`), render it in a warm Blender worker (`render.worker.BlenderWorker`, started
+by `setup()`), and publish the directory with `transforms.json` last, so its presence means the
+directory is complete (mesh.ply included, unlike the reference, G8).
+
+Isolation is built in: the Blender child is killed and replaced on a timeout or crash and the
+failure comes back typed, with Blender's log for that asset. The stages therefore run in the
+executor's own process (`isolated = False`), which avoids a Blender process nested in a second
+throw-away process that could be orphaned when the outer one is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import shutil
+import stat
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import fsspec
+import numpy as np
+
+from catalogs import layout
+from catalogs.stage import (
+    AssetTask,
+    CorruptFile,
+    Resources,
+    Stage,
+    StageContext,
+    StageError,
+    StageResult,
+    UnsupportedFormat,
+)
+from render import cameras
+from render.worker import BlenderWorker
+
+SUPPORTED = ("glb", "gltf", "obj", "fbx", "ply", "stl", "blend", "usd", "usda", "usdc", "usdz", "abc", "dae")
+MAIN_FILE_PRIORITY = ("glb", "gltf", "blend", "fbx", "obj", "usdz", "usd", "usdc", "usda", "abc", "dae", "ply", "stl")
+"""Which file of a multi-file archive is the asset, when the catalog does not name it."""
+
+ZIP_MAX_MEMBERS = 100_000
+ZIP_MAX_BYTES = 8 * 1024**3
+ENGINES = ("CYCLES", "BLENDER_EEVEE", "BLENDER_WORKBENCH")
+PIXEL_FILTERS = ("BLACKMAN_HARRIS", "GAUSSIAN", "BOX")
+PASSES = ("depth", "normal", "albedo")
+
+
+class CameraMismatch(StageError):
+    """Blender's camera matrix differs from the planned one: a scene set-up bug, not the asset's."""
+
+    error_type = "camera_mismatch"
+
+
+# -- archives -------------------------------------------------------------------------------------
+def _safe_member(name: str) -> str | None:
+    """The normalised relative path of a zip member, or None if it could escape the folder."""
+    if not name or "\x00" in name or name.startswith(("/", "\\")) or ":" in name.split("/")[0]:
+        return None
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        return None
+    return "/".join(parts)
+
+
+def safe_extract(zip_path: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
+    """Extract a zip with strict member names: no absolute paths, no '..', no links, bounded size.
+
+    Returns the extracted relative file names. (curation/extract.py will own the shared
+    extractor; this keeps the render stage self-contained until then.)
+    """
+    dest = Path(dest)
+    out = []
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CorruptFile(f"bad zip archive: {exc}") from exc
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > ZIP_MAX_MEMBERS:
+            raise CorruptFile(f"zip has {len(infos)} members (limit {ZIP_MAX_MEMBERS})")
+        if sum(i.file_size for i in infos) > ZIP_MAX_BYTES:
+            raise CorruptFile("zip expands beyond the size limit")
+        for info in infos:
+            if info.is_dir():
+                continue
+            if stat.S_ISLNK(info.external_attr >> 16):
+                continue  # links are never followed or created
+            rel = _safe_member(info.filename)
+            if rel is None:
+                raise CorruptFile(f"unsafe zip member name {info.filename!r}")
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise CorruptFile(f"cannot extract {info.filename!r}: {exc}") from exc
+            out.append(rel)
+    return out
+
+
+def pick_main_file(names: list[str], root: Path, hint: str | None = None) -> str:
+    if hint:
+        rel = _safe_member(hint)
+        if rel is None or rel not in names:
+            raise CorruptFile(f"archive has no member {hint!r}")
+        return rel
+    by_ext: dict[str, list[str]] = {}
+    for n in names:
+        if "__MACOSX" in n.split("/"):
+            continue
+        by_ext.setdefault(n.rsplit(".", 1)[-1].lower() if "." in n else "", []).append(n)
+    for ext in MAIN_FILE_PRIORITY:
+        if ext in by_ext:
+            return max(by_ext[ext], key=lambda n: (root / n).stat().st_size)
+    raise UnsupportedFormat(f"archive holds no supported 3D file ({len(names)} files)")
+
+
+# -- the stages -----------------------------------------------------------------------------------
+class RenderStage(Stage):
+    """Feature renders in the reference set-up (DATA_FORMATS.md §3): 150 views, 512 px, Cycles 128 spp."""
+
+    name = "render"
+    version = "1"
+    upstream = ("ingest",)
+    resources = Resources(num_cpus=1.0, memory=3 * 1024**3)
+    timeout_s = 7200.0
+    max_attempts = 2
+    isolated = False  # isolation is built in (see module docstring)
+
+    layout_dir: ClassVar = staticmethod(layout.renders)
+    save_mesh: ClassVar[bool] = True
+
+    @dataclass(frozen=True)
+    class Params:
+        engine: str = "CYCLES"
+        samples: int = 128
+        resolution: int = cameras.FEATURE_RESOLUTION
+        num_views: int = cameras.FEATURE_VIEWS
+        denoise: bool = True
+        pixel_filter: str = "BLACKMAN_HARRIS"
+        filter_width: float = 1.0
+        view_transform: str = "Filmic"
+        device: str = "CPU"
+        passes: tuple[str, ...] = ()
+
+        def __post_init__(self) -> None:
+            object.__setattr__(self, "passes", tuple(self.passes or ()))
+            object.__setattr__(self, "engine", self.engine.upper())
+            object.__setattr__(self, "pixel_filter", self.pixel_filter.upper())
+            if self.engine not in ENGINES:
+                raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+            if self.pixel_filter not in PIXEL_FILTERS:
+                raise ValueError(f"pixel_filter must be one of {PIXEL_FILTERS}")
+            if set(self.passes) - set(PASSES):
+                raise ValueError(f"passes must be among {PASSES}")
+            if self.num_views <= 0 or self.resolution <= 0 or self.samples <= 0:
+                raise ValueError("num_views, resolution and samples must be positive")
+
+    def __init__(self, params=None, config=None, **kw) -> None:
+        super().__init__(params, config, **kw)
+        if "timeout_s" in self.config:
+            self.timeout_s = float(self.config["timeout_s"])
+        self.worker: BlenderWorker | None = None
+
+    # config (not in the fingerprint) --------------------------------------------------------------
+    @property
+    def threads(self) -> int:
+        return int(self.config.get("threads", max(1, int(self.resources.num_cpus))))
+
+    @property
+    def job_timeout_s(self) -> float:
+        """The Blender job's limit: the stage timeout less a small margin for fetch and publish,
+        so the worker's own timeout (which keeps the log) fires before the executor's."""
+        t = float(self.config.get("job_timeout_s", 0) or 0)
+        if t > 0:
+            return t
+        return max(0.5, self.timeout_s - min(60.0, 0.05 * self.timeout_s))
+
+    # lifecycle -----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        if self.worker is None:
+            env = {"MESA_SHADER_CACHE_DIR": self.config.get("mesa_cache_dir",
+                                                            os.path.join(tempfile.gettempdir(), "trellis-mesa-cache"))}
+            self.worker = BlenderWorker(max_jobs=int(self.config.get("max_jobs_per_worker", 200)), env=env,
+                                        keep_logs=bool(self.config.get("keep_logs", False)))
+        self.worker.start()
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["worker"] = None  # a warm child never travels with the stage
+        return state
+
+    # cameras -------------------------------------------------------------------------------------
+    def seed(self, sha256: str) -> int:
+        return cameras.asset_seed(sha256, self.name, self.params_dict())
+
+    def plan(self, sha256: str) -> cameras.CameraPlan:
+        return cameras.feature_plan(self.params.num_views, seed=self.seed(sha256))
+
+    # work ----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _asset_file(self, task: AssetTask, ctx: StageContext) -> Iterator[tuple[str, str]]:
+        """(local path, format) of the asset; archives are extracted into a temporary folder."""
+        ref = task.input("ingest")
+        uri = ref.uri
+        fmt = str(task.asset.get("format") or "").lower().lstrip(".")
+        name = posixpath.basename(uri.split("://", 1)[-1])
+        if not fmt:
+            fmt = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        with contextlib.ExitStack() as stack:
+            rel = ctx.store.rel(uri)
+            if not rel.startswith(".."):
+                local = str(stack.enter_context(ctx.store.local_copy(rel)))
+            elif "://" not in uri or uri.startswith("file://"):
+                local = uri.split("://", 1)[-1]
+            else:
+                d = stack.enter_context(tempfile.TemporaryDirectory(prefix="trellis-raw-"))
+                local = os.path.join(d, name)
+                with fsspec.open(uri, "rb") as src, open(local, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            if fmt == "zip" or (fmt not in SUPPORTED and local.lower().endswith(".zip")):
+                d = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="trellis-zip-")))
+                names = safe_extract(local, d)
+                hint = task.asset.get("main_file") or task.asset.get("member")
+                main = pick_main_file(names, d, hint)
+                local, fmt = str(d / main), main.rsplit(".", 1)[-1].lower()
+            if fmt not in SUPPORTED:
+                raise UnsupportedFormat(f"format {fmt!r} is not rendered (supported: {', '.join(SUPPORTED)})")
+            yield local, fmt
+
+    def job(self, local: str, fmt: str, out_dir: str, plan: cameras.CameraPlan) -> dict[str, Any]:
+        p = self.params
+        return {
+            "kind": "render",
+            "input": local,
+            "format": fmt,
+            "out_dir": out_dir,
+            "views": [{"name": cameras.view_name(i), "position": v.position.tolist(), "fov": v.fov}
+                      for i, v in enumerate(plan.views)],
+            "engine": p.engine,
+            "samples": p.samples,
+            "resolution": p.resolution,
+            "denoise": p.denoise,
+            "pixel_filter": p.pixel_filter,
+            "filter_width": p.filter_width,
+            "view_transform": p.view_transform,
+            "device": p.device,
+            "passes": list(p.passes),
+            "save_mesh": self.save_mesh,
+            "threads": self.threads,
+            "persistent_data": bool(self.config.get("persistent_data", True)),
+        }
+
+    def render_to(self, local: str, fmt: str, sha256: str, out_dir: str) -> dict[str, Any]:
+        """Render into a local folder and write transforms.json; returns the metrics."""
+        if self.worker is None:
+            self.setup()
+        plan = self.plan(sha256)
+        reply = self.worker.run(self.job(local, fmt, out_dir, plan), self.job_timeout_s)
+        res = reply.result
+        mats = np.asarray(res["matrices"], dtype=np.float64)
+        planned = np.stack([v.c2w for v in plan.views])
+        dev = float(np.abs(mats - planned).max())
+        if dev > 1e-4:
+            raise CameraMismatch(f"Blender camera differs from the plan by {dev:.3g}", log_text=reply.log_text)
+        extra = {
+            "seed": plan.seed,
+            **plan.draws,
+            "normalization": {"scale": res["scale"], "offset": res["offset"],
+                              "map": "p_world = scale * p_source + offset (exact: all roots under one empty)"},
+            "settings": res["settings"],
+            "stage": self.name,
+            "stage_version": self.version,
+        }
+        frames = [(cameras.view_name(i), v.fov, m) for i, (v, m) in enumerate(zip(plan.views, mats))]
+        tj = cameras.transforms_dict(frames, res["scale"], res["offset"], extra)
+        cameras.write_transforms(os.path.join(out_dir, "transforms.json"), tj)
+        t = res["timings"]
+        n = len(plan.views)
+        metrics: dict[str, Any] = {
+            "n_views": n,
+            "seconds_per_view": t["render_s"] / n,
+            "first_view_s": t["view_s"][0] if t["view_s"] else None,
+            "import_s": t["import_s"],
+            "blender_s": t["total_s"],
+            "job_s": reply.seconds,
+            "cold_start": reply.started_child,
+            "scale": res["scale"],
+            "camera_max_dev": dev,
+            **res["signals"],
+            "settings": res["settings"],
+        }
+        return metrics
+
+    def run(self, task: AssetTask, ctx: StageContext) -> StageResult:
+        rel_dir = self.layout_dir(task.sha256)
+        with self._asset_file(task, ctx) as (local, fmt), tempfile.TemporaryDirectory(prefix="trellis-render-") as out:
+            metrics = self.render_to(local, fmt, task.sha256, out)
+            metrics["format"] = fmt
+            ctx.store.delete(rel_dir)  # no stale views from an earlier render with other params
+            nbytes = ctx.store.publish_dir(out, rel_dir, last=("transforms.json",))
+        return StageResult(uri=ctx.store.uri(rel_dir), bytes=nbytes, metrics=metrics)
+
+
+class RenderCondStage(RenderStage):
+    """Conditioning renders (§3.2): 24 views, 1024 px, per-view radius with the FOV that frames the
+    unit cube's bounding sphere; no mesh.ply."""
+
+    name = "render_cond"
+    timeout_s = 3600.0
+    layout_dir: ClassVar = staticmethod(layout.renders_cond)
+    save_mesh: ClassVar[bool] = False
+
+    @dataclass(frozen=True)
+    class Params(RenderStage.Params):
+        resolution: int = cameras.COND_RESOLUTION
+        num_views: int = cameras.COND_VIEWS
+
+    def plan(self, sha256: str) -> cameras.CameraPlan:
+        return cameras.cond_plan(self.params.num_views, seed=self.seed(sha256))
+
