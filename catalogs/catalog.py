@@ -217,5 +217,7 @@ def artifact_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
         row = {k: r.get(k) for k in ARTIFACT_FIELDS}
         if row["metrics"] is not None and not isinstance(row["metrics"], str):
             row["metrics"] = json.dumps(row["metrics"], sort_keys=True, default=str)
+        if isinstance(row["updated_at"], str):  # records cross process boundaries as JSON
+            row["updated_at"] = datetime.fromisoformat(row["updated_at"])
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=ARTIFACT_SCHEMA)

@@ -37,6 +37,14 @@ class StageError(Exception):
         self.log_text = log_text
         """Tool output (e.g. Blender's log) kept with the failure instead of being thrown away."""
 
+    def __reduce__(self):
+        # Keep `log_text` when the error crosses a process boundary (isolated workers, Ray).
+        return (_rebuild_error, (type(self), str(self), self.log_text))
+
+
+def _rebuild_error(cls: type[StageError], message: str, log_text: str | None) -> StageError:
+    return cls(message, log_text=log_text)
+
 
 class BadInput(StageError):
     error_type = "bad_input"
@@ -180,7 +188,13 @@ class Stage:
     class Params:
         pass
 
-    def __init__(self, params: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None):
+    def __init__(self, params: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
+                 *, name: str | None = None, upstream: Sequence[str] | None = None):
+        # A spec may run one class under another node name and wiring (e.g. a chain of no-ops).
+        if name is not None:
+            self.name = name
+        if upstream is not None:
+            self.upstream = tuple(upstream)
         known = {f.name for f in dataclasses.fields(self.Params)}
         unknown = set(params or {}) - known
         if unknown:

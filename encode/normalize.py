@@ -20,3 +20,21 @@ def normalization_transform(bbox_min, bbox_max) -> tuple[float, np.ndarray]:
     s = 1.0 / extent
     t = -(lo * s + hi * s) / 2.0
     return s, t
+
+
+def scene_bounds(scene) -> tuple[np.ndarray, np.ndarray]:
+    """The box of DATA_FORMATS §3.1: each mesh's local bounding-box corners in world space.
+
+    Like Blender's `bound_box`, this can be looser than the tight vertex box when a mesh is rotated.
+    """
+    import trimesh
+
+    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+    for node in scene.graph.nodes_geometry:
+        transform, geom_name = scene.graph[node]
+        geom = scene.geometry[geom_name]
+        if not isinstance(geom, trimesh.Trimesh) or len(geom.vertices) == 0:
+            continue
+        corners = trimesh.transform_points(trimesh.bounds.corners(geom.bounds), transform)
+        lo, hi = np.minimum(lo, corners.min(axis=0)), np.maximum(hi, corners.max(axis=0))
+    return lo, hi

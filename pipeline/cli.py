@@ -1,0 +1,151 @@
+"""`trellis-data`: build, status, query, export, reconcile (and the verbs later issues add)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from catalogs.catalog import Catalog
+from catalogs.planner import status as plan_status
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("ray", "filelock", "urllib3", "fsspec", "trimesh"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def catalog_path(root: str, catalog: str | None) -> str:
+    """The catalog file: explicit, else `<root>/catalog.duckdb` for a local root."""
+    if catalog:
+        return catalog
+    if "://" in root and not root.startswith("file://"):
+        raise click.UsageError("a remote --root needs --catalog (the DuckDB file lives on the driver/head node)")
+    return str(Path(root.removeprefix("file://")) / "catalog.duckdb")
+
+
+def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "(no rows)"
+    cols = columns or list(rows[0])
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+    body = "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells)
+    return f"{line}\n{'  '.join('-' * w for w in widths)}\n{body}"
+
+
+root_option = click.option("--root", required=True, envvar="TRELLIS_ROOT", help="Store URL: a folder, s3://…, memory://…")
+catalog_option = click.option("--catalog", envvar="TRELLIS_CATALOG", default=None,
+                              help="DuckDB catalog file (default: <root>/catalog.duckdb for a local root).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """Build TRELLIS-style training data on Ray, indexed by a DuckDB catalog."""
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.option("--spec", "spec_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Pipeline spec YAML.")
+@root_option
+@catalog_option
+@click.option("--address", default=None, envvar="RAY_ADDRESS", help="Ray cluster address (default: start a local one).")
+@click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster.")
+@click.option("--select", "selection", default=None, help="SQL over the catalog yielding sha256 (default: the spec's, else all).")
+@click.option("--retry-failed", is_flag=True, help="Also retry permanent failures (up to each stage's attempt cap).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def build(spec_path: str, root: str, catalog: str | None, address: str | None, num_cpus: int | None,
+          selection: str | None, retry_failed: bool, no_progress: bool) -> None:
+    """Run the pipeline: whatever is missing, stale or retryable, and nothing else."""
+    from pipeline.executor import build as run_build
+    from pipeline.spec import PipelineSpec, plan_stages
+
+    spec = PipelineSpec.load(spec_path)
+    cat_path = catalog_path(root, catalog)
+    report = run_build(spec, root, cat_path, address=address, num_cpus=num_cpus, selection=selection,
+                       retry_failed=retry_failed, progress=not no_progress)
+    if not report.did_work:
+        click.echo(f"Nothing to do: every selected asset is current for all {len(spec.stages)} stages.")
+    else:
+        click.echo(f"Run {report.run_id} finished in {report.seconds:.1f} s.")
+    stages = plan_stages(spec.build_stages())
+    click.echo(format_table(plan_status(Catalog(cat_path), stages, selection or spec.selection)))
+    click.echo(f"store:   {root}\ncatalog: {cat_path}")
+
+
+@main.command()
+@click.option("--spec", "spec_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Pipeline spec (default: the spec of the last run).")
+@root_option
+@catalog_option
+@click.option("--select", "selection", default=None, help="SQL selection (default: the spec's, else all).")
+def status(spec_path: str | None, root: str, catalog: str | None, selection: str | None) -> None:
+    """Per stage and variant: current, stale, failed, blocked, missing."""
+    from pipeline.spec import PipelineSpec, plan_stages
+
+    cat = Catalog(catalog_path(root, catalog), read_only=True)
+    if spec_path:
+        spec = PipelineSpec.load(spec_path)
+    else:
+        last = cat.last_spec()
+        if last is None:
+            raise click.UsageError("no run recorded yet; pass --spec")
+        spec = PipelineSpec.from_dict(last)
+    click.echo(format_table(plan_status(cat, plan_stages(spec.build_stages()), selection or spec.selection)))
+
+
+@main.command()
+@click.argument("sql")
+@root_option
+@catalog_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+def query(sql: str, root: str, catalog: str | None, fmt: str) -> None:
+    """Run SQL on a read-only connection to the catalog."""
+    table = Catalog(catalog_path(root, catalog), read_only=True).query(sql)
+    rows = table.to_pylist()
+    if fmt == "json":
+        click.echo(json.dumps(rows, default=str, indent=1))
+    elif fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        sink = sys.stdout.buffer
+        pacsv.write_csv(table, sink)
+    else:
+        click.echo(format_table(rows, table.column_names))
+
+
+@main.command()
+@root_option
+@catalog_option
+@click.option("--out", default=None, help="Where metadata.csv goes (default: the store root).")
+def export(root: str, catalog: str | None, out: str | None) -> None:
+    """Write TRELLIS's metadata.csv + statistics.txt and Parquet snapshots of the catalog."""
+    from catalogs.export import export as do_export
+    from catalogs.store import Store
+
+    written = do_export(Catalog(catalog_path(root, catalog), read_only=True), Store(root), Store(out) if out else None)
+    for w in written:
+        click.echo(w)
+
+
+@main.command()
+@root_option
+@catalog_option
+def reconcile(root: str, catalog: str | None) -> None:
+    """Rebuild catalog rows from what is in the store (snapshots, record logs, files)."""
+    from catalogs.reconcile import reconcile as do_reconcile
+    from catalogs.store import Store
+
+    summary = do_reconcile(Store(root), Catalog(catalog_path(root, catalog)))
+    click.echo(format_table([summary]))
+
+
+if __name__ == "__main__":
+    main()
