@@ -270,7 +270,8 @@ class RenderStage(Stage):
         if self.worker is None:
             self.setup()
         plan = self.plan(sha256)
-        reply = self.worker.run(self.job(local, fmt, out_dir, plan), self.job_timeout_s)
+        out_dir = os.path.abspath(out_dir)
+        reply = self.worker.run(self.job(os.path.abspath(local), fmt, out_dir, plan), self.job_timeout_s)
         res = reply.result
         mats = np.asarray(res["matrices"], dtype=np.float64)
         planned = np.stack([v.c2w for v in plan.views])

@@ -20,15 +20,17 @@ This module never imports bpy in the parent.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 from catalogs.stage import (
@@ -154,20 +156,17 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _child_main(conn, env: dict[str, str]) -> None:
-    os.environ.update(env)
+def _child_main(conn) -> None:
     _exit_with_parent()
     _unbuffer_c_stdio()
     with contextlib.suppress(Exception):
         sys.stdout.reconfigure(line_buffering=True)
         sys.stderr.reconfigure(line_buffering=True)
     t0 = time.perf_counter()
-    boot_log = env.get("TRELLIS_WORKER_BOOT_LOG")
     try:
-        with _redirect_fds(boot_log) if boot_log else contextlib.nullcontext():
-            import bpy  # noqa: F401, PLC0415
+        import bpy  # noqa: F401, PLC0415
 
-            from render import blender_scene  # noqa: F401, PLC0415
+        from render import blender_scene  # noqa: F401, PLC0415
     except BaseException as exc:  # noqa: BLE001
         conn.send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return
@@ -233,7 +232,11 @@ def _describe_exit(code: int | None) -> str:
 
 
 class BlenderWorker:
-    """One warm Blender child process and the protocol to drive it. Not thread-safe."""
+    """One warm Blender child process and the protocol to drive it. Not thread-safe.
+
+    The child is a plain `python -m render.worker` subprocess talking over a socket pair, so it
+    never re-imports the parent's main module (as multiprocessing's spawn would).
+    """
 
     def __init__(self, *, max_jobs: int = 200, startup_timeout: float = 180.0, env: dict[str, str] | None = None,
                  log_dir: str | None = None, keep_logs: bool = False) -> None:
@@ -244,13 +247,13 @@ class BlenderWorker:
         self._own_log_dir = log_dir is None
         self.log_dir = log_dir or tempfile.mkdtemp(prefix="trellis-blender-logs-")
         os.makedirs(self.log_dir, exist_ok=True)
-        self._ctx = mp.get_context("spawn")
-        self._proc = None
-        self._conn = None
+        self._proc: subprocess.Popen | None = None
+        self._conn: Connection | None = None
         self._jobs_done = 0
         self._seq = 0
         self.starts = 0
         self.last_import_s: float | None = None
+        self.last_start_s: float | None = None
 
     # lifecycle ----------------------------------------------------------------------------------
     @property
@@ -258,54 +261,62 @@ class BlenderWorker:
         return self._proc.pid if self._proc is not None else None
 
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.is_alive()
+        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> None:
         """Start the child and wait until bpy is imported (raises WorkerCrashed if it cannot)."""
         if self.alive():
             return
         self._discard()
-        parent, child = self._ctx.Pipe(duplex=True)
-        env = dict(self.env)
+        t0 = time.perf_counter()
+        ours, theirs = socket.socketpair()
         boot_log = os.path.join(self.log_dir, f"boot-{self.starts}.log")
-        env["TRELLIS_WORKER_BOOT_LOG"] = boot_log
-        proc = self._ctx.Process(target=_child_main, args=(child, env), daemon=True, name="blender-worker")
-        proc.start()
-        child.close()
-        self._proc, self._conn = proc, parent
+        env = {**os.environ, **self.env}
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        with open(boot_log, "wb") as logf:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "render.worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                env=env, close_fds=True,
+            )
+        theirs.close()
+        self._proc, self._conn = proc, Connection(ours.detach())
         self.starts += 1
         self._jobs_done = 0
         deadline = time.monotonic() + self.startup_timeout
         while True:
-            if parent.poll(0.2):
-                try:
-                    msg = parent.recv()
-                except EOFError:
-                    msg = None
-                if msg and msg.get("ready"):
+            msg = None
+            try:
+                if self._conn.poll(0.2):
+                    msg = self._conn.recv()
+            except (EOFError, OSError):
+                msg = {"ready": False, "error": "connection closed"}
+            if msg is not None:
+                if msg.get("ready"):
                     self.last_import_s = msg.get("import_s")
+                    self.last_start_s = time.perf_counter() - t0
                     return
-                log_text = _read_tail(boot_log)
                 self._kill()
-                why = msg.get("error") if msg else _describe_exit(proc.exitcode)
-                raise WorkerCrashed(f"blender worker failed to start: {why}", log_text=log_text)
-            if not proc.is_alive():
-                log_text = _read_tail(boot_log)
+                raise WorkerCrashed(f"blender worker failed to start: {msg.get('error')} "
+                                    f"({_describe_exit(proc.returncode)})", log_text=_read_tail(boot_log))
+            if proc.poll() is not None:
+                code = proc.returncode
                 self._kill()
-                raise WorkerCrashed(f"blender worker died at start: {_describe_exit(proc.exitcode)}",
-                                    log_text=log_text)
+                raise WorkerCrashed(f"blender worker died at start: {_describe_exit(code)}",
+                                    log_text=_read_tail(boot_log))
             if time.monotonic() > deadline:
-                log_text = _read_tail(boot_log)
                 self._kill()
                 raise StageTimeout(f"blender worker did not start in {self.startup_timeout:.0f} s",
-                                   log_text=log_text)
+                                   log_text=_read_tail(boot_log))
 
     def _kill(self) -> None:
         proc = self._proc
-        if proc is not None and proc.is_alive():
+        if proc is not None and proc.poll() is None:
             with contextlib.suppress(Exception):
                 proc.kill()
-            proc.join(10)
+            with contextlib.suppress(Exception):
+                proc.wait(10)
         self._discard()
 
     def _discard(self) -> None:
@@ -314,17 +325,21 @@ class BlenderWorker:
                 self._conn.close()
         if self._proc is not None:
             with contextlib.suppress(Exception):
-                self._proc.join(0)
-                self._proc.close()
+                self._proc.poll()
         self._proc = self._conn = None
 
-    def close(self) -> None:
-        """Ask the child to exit, kill it if it does not, and remove the log folder we made."""
-        if self._proc is not None and self._proc.is_alive():
+    def close_child(self) -> None:
+        """Retire the current child (the next job starts a fresh one)."""
+        if self.alive():
             with contextlib.suppress(Exception):
                 self._conn.send(None)
-            self._proc.join(5)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(5)
         self._kill()
+
+    def close(self) -> None:
+        """Stop the child and remove the log folder this worker made."""
+        self.close_child()
         if self._own_log_dir and not self.keep_logs:
             shutil.rmtree(self.log_dir, ignore_errors=True)
 
@@ -365,14 +380,6 @@ class BlenderWorker:
             raise make_error(reply.get("error_type", "stage_error"), reply.get("message", ""), log_text)
         return WorkerReply(reply["result"], log_text, seconds, float(reply.get("seconds", 0.0)), started)
 
-    def close_child(self) -> None:
-        """Retire the current child (the next job starts a fresh one)."""
-        if self._proc is not None and self._proc.is_alive():
-            with contextlib.suppress(Exception):
-                self._conn.send(None)
-            self._proc.join(5)
-        self._kill()
-
     def _wait(self, timeout: float, log_path: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         proc, conn = self._proc, self._conn
@@ -388,13 +395,18 @@ class BlenderWorker:
             except (EOFError, OSError):
                 pass
             else:
-                if proc.is_alive():
+                if proc.poll() is None:
                     continue
                 # the child may have answered just before exiting
                 with contextlib.suppress(EOFError, OSError):
                     if conn.poll(0):
                         return conn.recv()
-            proc.join(2)
-            code = proc.exitcode
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(2)
+            code = proc.returncode
             self._kill()
             raise WorkerCrashed(f"blender worker crashed ({_describe_exit(code)})", log_text=_read_tail(log_path))
+
+
+if __name__ == "__main__":  # the child: python -m render.worker <socket fd>
+    _child_main(Connection(int(sys.argv[1])))
