@@ -29,7 +29,7 @@ from catalogs.catalog import Catalog, artifact_table
 from catalogs.planner import PlannedStage, plan, task_rows
 from catalogs.stage import Stage
 from catalogs.store import Store
-from pipeline.progress import StageProgress
+from pipeline.progress import ProgressCounter, StageProgress
 from pipeline.runner import StageRunner
 from pipeline.spec import PipelineSpec, plan_stages
 
@@ -220,6 +220,7 @@ def _stream(spec: PipelineSpec, stages: list[Stage], planned: list[PlannedStage]
         "failed", pa.array([0] * tasks.num_rows, pa.int64()))
     ds = ray.data.from_arrow(_blocks(tasks, cpus))
     index = {s.name: i for i, s in enumerate(stages)}
+    counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
     for i, stage in active:
         args = _actor_args(stage, cluster, cpu_scale)
         max_actors = max(1, int(spec.execution.get("max_actors", {}).get(stage.name, 0) or cpus // max(args["num_cpus"], 1e-3)))
@@ -231,7 +232,7 @@ def _stream(spec: PipelineSpec, stages: list[Stage], planned: list[PlannedStage]
                           "upstream": entry.upstream},
                 "bit": 1 << i, "upstream_bits": sum(1 << index[u] for u in stage.upstream if u in index),
                 "fingerprint": planned[i].fingerprint, "store_url": store.url, "storage_options": dict(storage_options),
-                "run_id": run_id,
+                "run_id": run_id, "progress": counter,
             },
             batch_size=stage.batch_size if stage.batch_size > 1 else None,
             batch_format="pyarrow",
@@ -242,7 +243,7 @@ def _stream(spec: PipelineSpec, stages: list[Stage], planned: list[PlannedStage]
         )
     sink = RecordSink(catalog, store, run_id, int(spec.execution.get("flush_every", 500)),
                       float(spec.execution.get("flush_s", 5.0)))
-    bars = StageProgress([(s.name, report.planned[s.name]) for _, s in active], enabled=progress)
+    bars = StageProgress([(s.name, report.planned[s.name]) for _, s in active], counter, enabled=progress)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             for raw in batch.column("records").to_pylist():
@@ -252,7 +253,6 @@ def _stream(spec: PipelineSpec, stages: list[Stage], planned: list[PlannedStage]
                     getattr(report, key)[r["stage"]] = getattr(report, key).get(r["stage"], 0) + 1
                     if key == "failed":
                         log.warning("asset %s stage %s failed: %s: %s", r["sha256"][:12], r["stage"], r["error_type"], r["error"])
-                bars.update(records)
                 sink.add(records)
     finally:
         sink.flush()

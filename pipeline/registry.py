@@ -23,12 +23,18 @@ STAGES: dict[str, str] = {
 
 
 def stage_class(name: str) -> type[Stage]:
-    try:
-        target = STAGES[name]
-    except KeyError:
-        raise ValueError(f"unknown stage {name!r}; known: {sorted(STAGES)}") from None
+    """A registered stage by name, or any Stage subclass by import path `package.module:Class`."""
+    if ":" in name:
+        target = name
+    else:
+        try:
+            target = STAGES[name]
+        except KeyError:
+            raise ValueError(f"unknown stage {name!r}; known: {sorted(STAGES)}") from None
     module, _, attr = target.partition(":")
     cls = getattr(importlib.import_module(module), attr)
-    if cls.name != name:
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise TypeError(f"{target} is not a Stage subclass")
+    if ":" not in name and cls.name != name:
         raise TypeError(f"{target} declares name {cls.name!r}, registered as {name!r}")
     return cls

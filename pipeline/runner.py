@@ -72,7 +72,7 @@ class _Isolated:
 
     def _new_pool(self):
         return self._pool_cls(max_workers=1, initializer=_child_init, initargs=(self._entry, *self._ctx_args),
-                              context=multiprocessing.get_context("spawn"))
+                              context=multiprocessing.get_context("fork"))
 
     def run(self, task: AssetTask, timeout_s: float) -> StageResult:
         from pebble import ProcessExpired
@@ -127,7 +127,7 @@ class StageRunner:
     """Callable class for `Dataset.map_batches`: one stage, set up once per actor."""
 
     def __init__(self, entry: Mapping[str, Any], bit: int, upstream_bits: int, fingerprint: str, store_url: str,
-                 storage_options: Mapping[str, Any], run_id: str) -> None:
+                 storage_options: Mapping[str, Any], run_id: str, progress=None) -> None:
         from pipeline.spec import StageEntry
 
         try:
@@ -138,6 +138,7 @@ class StageRunner:
             node_id = os.uname().nodename
         self.stage = StageEntry(**entry).build()
         self.bit, self.upstream_bits, self.fingerprint = bit, upstream_bits, fingerprint
+        self.progress = progress
         self.ctx = StageContext(Store(store_url, **storage_options), run_id, node_id)
         if self.stage.isolated:
             self.worker: _Isolated | _InThread = _Isolated(entry, (store_url, dict(storage_options), run_id, node_id))
@@ -156,6 +157,9 @@ class StageRunner:
             results = self._run_all(tasks, due)
             for row, (result, attempts, seconds) in zip(due, results):
                 self._record(row, result, attempts, seconds)
+            if self.progress is not None:
+                failed = sum(isinstance(r, BaseException) for r, _, _ in results)
+                self.progress.add.remote(self.stage.name, len(due), failed)
         return pa.Table.from_pylist(rows, schema=batch.schema)
 
     # internals -------------------------------------------------------------------------------
