@@ -7,10 +7,19 @@ from typing import Any
 from curation.sources.base import AssetRecord, Source
 from curation.sources.local import LocalSource
 from curation.sources.sample import SampleSource
+from curation.sources.archives import AboSource, Future3DSource, Toys4kSource
+from curation.sources.hssd import HssdSource
+from curation.sources.objaverse_xl import ObjaverseGithubSource, ObjaverseSketchfabSource
 
 SOURCES: dict[str, type[Source]] = {
     SampleSource.name: SampleSource,
     LocalSource.name: LocalSource,
+    ObjaverseSketchfabSource.name: ObjaverseSketchfabSource,
+    ObjaverseGithubSource.name: ObjaverseGithubSource,
+    AboSource.name: AboSource,
+    Future3DSource.name: Future3DSource,
+    HssdSource.name: HssdSource,
+    Toys4kSource.name: Toys4kSource,
 }
 
 
