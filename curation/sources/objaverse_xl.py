@@ -38,14 +38,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from catalogs.stage import BadInput
 from curation.errors import (
     ConnectionFailed,
+    CorruptArchive,
     DownloadError,
     DownloadTimeout,
     HttpError,
     MemberNotFound,
     NotFound,
     RateLimited,
+    UnsupportedFormat,
     redact,
 )
 from curation.extract import SafeArchive, common_root
@@ -313,8 +316,19 @@ class ObjaverseGithubSource(ListingSource):
 
     # -- fetch --------------------------------------------------------------------------------------
     def fetch_with_info(self, asset: Mapping[str, Any], dest_dir: Path) -> tuple[Path, dict[str, Any]]:
-        org, repo, commit, path = parse_github_identifier(asset["file_identifier"])
+        try:
+            org, repo, commit, path = parse_github_identifier(asset["file_identifier"])
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
         archive, fetched = self.repo_archive(org, repo, commit)
+        try:
+            return self._from_archive(archive, fetched, asset, dest_dir, org, repo, commit, path)
+        except (CorruptArchive, UnsupportedFormat):
+            archive.unlink(missing_ok=True)  # a damaged download must not stay cached
+            raise
+
+    def _from_archive(self, archive: Path, fetched: bool, asset: Mapping[str, Any], dest_dir: Path,
+                      org: str, repo: str, commit: str, path: str) -> tuple[Path, dict[str, Any]]:
         info: dict[str, Any] = {"local_path": self.local_path(asset["file_identifier"]),
                                 "repo_archive": f"{org}/{repo}@{commit}", "archive_fetched": fetched,
                                 "archive_bytes": archive.stat().st_size}
