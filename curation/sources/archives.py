@@ -41,7 +41,7 @@ class ManualArchiveSource(ListingSource):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._open: SafeArchive | None = None
 
     def missing(self, detail: str) -> MissingArchive:

@@ -75,7 +75,7 @@ class HssdSource(ListingSource):
         return out, info
 
 
-def _map_hub_error(exc: BaseException, fid: str) -> BaseException:
+def _map_hub_error(exc: BaseException, fid: str, depth: int = 0) -> BaseException:
     """huggingface_hub / httpx exceptions -> our typed errors (never including headers)."""
     try:
         from huggingface_hub import errors as hub_errors
@@ -84,10 +84,16 @@ def _map_hub_error(exc: BaseException, fid: str) -> BaseException:
     name = type(exc).__name__
     if isinstance(exc, hub_errors.GatedRepoError):
         return AuthRequired(f"{HSSD_REPO} is gated: accept the terms at {TERMS} and set HF_TOKEN ({fid})", status=403)
-    if isinstance(exc, hub_errors.EntryNotFoundError) or isinstance(exc, hub_errors.RemoteEntryNotFoundError if hasattr(hub_errors, "RemoteEntryNotFoundError") else ()):
-        return NotFound(f"{fid} is not in {HSSD_REPO}", status=404)
     if isinstance(exc, hub_errors.RepositoryNotFoundError):
         return AuthRequired(f"{HSSD_REPO} not found or not accessible with this token (accept the terms at {TERMS}; set HF_TOKEN)", status=401)
+    if isinstance(exc, hub_errors.LocalEntryNotFoundError):
+        # "could not reach the hub and no local copy": the cause says why
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None and depth < 5:
+            mapped = _map_hub_error(cause, fid, depth + 1)
+            if mapped is not cause:
+                return mapped
+        return ConnectionFailed(f"cannot reach the hub for {fid}: {name}")
     if isinstance(exc, hub_errors.HfHubHTTPError):
         resp = getattr(exc, "response", None)
         status = getattr(resp, "status_code", None)
@@ -96,15 +102,14 @@ def _map_hub_error(exc: BaseException, fid: str) -> BaseException:
             return RateLimited(f"429 from the hub for {fid}", status=429, retry_after=ra)
         if status in (401, 403):
             return AuthRequired(f"{status} from the hub for {fid}: token missing or terms not accepted ({TERMS})", status=status)
-        if status == 404:
+        if status in (404, 410) or isinstance(exc, hub_errors.EntryNotFoundError):
             return NotFound(f"{fid} is not in {HSSD_REPO}", status=404)
         return HttpError(f"HTTP {status} from the hub for {fid}", status=status)
+    if isinstance(exc, hub_errors.EntryNotFoundError):
+        return NotFound(f"{fid} is not in {HSSD_REPO}", status=404)
     if "Timeout" in name or isinstance(exc, TimeoutError):
         return DownloadTimeout(f"timeout fetching {fid} from the hub: {name}")
-    if isinstance(exc, hub_errors.LocalEntryNotFoundError) or "Connect" in name or isinstance(exc, ConnectionError):
-        cause = exc.__cause__ or exc.__context__
-        if cause is not None and "Timeout" in type(cause).__name__:
-            return DownloadTimeout(f"timeout fetching {fid} from the hub: {type(cause).__name__}")
+    if "Connect" in name or "Network" in name or isinstance(exc, ConnectionError):
         return ConnectionFailed(f"cannot reach the hub for {fid}: {name}")
     return exc
 
