@@ -142,6 +142,11 @@ class Catalog:
                 [stage, variant, weights_sha256, json.dumps(config, sort_keys=True), source, pretrained, note],
             )
 
+    def mark_interrupted_runs(self) -> int:
+        """Runs still 'running' when a new build starts died with their driver (single writer)."""
+        with self.connect() as con:
+            return len(con.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running' RETURNING run_id").fetchall())
+
     def start_run(self, run_id: str, spec: Mapping[str, Any], plan: Mapping[str, Any], host: str, versions: Mapping[str, str]) -> None:
         with self.connect() as con:
             con.execute(

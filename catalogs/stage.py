@@ -201,6 +201,10 @@ class Stage:
             raise ValueError(f"stage {self.name}: unknown params {sorted(unknown)} (known: {sorted(known)})")
         self.params = self.Params(**(params or {}))
         self.config: dict[str, Any] = dict(config or {})
+        # Limits are run-time settings (a slow cluster may need longer), never fingerprinted.
+        for limit, cast in (("timeout_s", float), ("max_attempts", int), ("batch_size", int)):
+            if limit in self.config:
+                setattr(self, limit, cast(self.config[limit]))
 
     # identity ----------------------------------------------------------------------------------
     @property

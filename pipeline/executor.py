@@ -161,6 +161,8 @@ def build(spec: PipelineSpec, store_url: str, catalog_path: str, *, address: str
     store = Store(store_url, **storage_options)
     catalog = Catalog(catalog_path)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    if catalog.mark_interrupted_runs():
+        log.info("a previous build was interrupted; resuming from the catalog and the store")
     swept = store.sweep_temporaries()
     if swept:
         log.info("removed %d temporary files left by an interrupted run", swept)
@@ -238,7 +240,6 @@ def _stream(spec: PipelineSpec, stages: list[Stage], planned: list[PlannedStage]
             batch_format="pyarrow",
             zero_copy_batch=False,
             compute=ActorPoolStrategy(min_size=1, max_size=min(max_actors, max(1, report.planned[stage.name]))),
-            max_restarts=-1, max_task_retries=-1,
             **args,
         )
     sink = RecordSink(catalog, store, run_id, int(spec.execution.get("flush_every", 500)),

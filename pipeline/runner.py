@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import random
+import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -93,24 +94,32 @@ class _Isolated:
 
 
 class _InThread:
-    """Runs the stage in a helper thread so a time limit can be enforced without a child process.
+    """Runs the stage in a daemon thread so a time limit can be enforced without a child process.
 
-    A timed-out call cannot be killed; its thread is abandoned and a fresh one takes over. Stages
-    that parse untrusted files should be `isolated` instead.
+    A timed-out call cannot be killed; its daemon thread is abandoned (it never blocks exit) and
+    the next call gets a new thread. Stages that parse untrusted files should be `isolated`.
     """
 
     def __init__(self, stage: Stage, ctx: StageContext) -> None:
         self.stage, self.ctx = stage, ctx
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"stage-{stage.name}")
 
     def call(self, fn, timeout_s: float, what: str):
-        future = self._pool.submit(fn)
-        try:
-            return future.result(timeout=timeout_s)
-        except concurrent.futures.TimeoutError:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"stage-{self.stage.name}")
-            raise StageTimeout(f"{what}: no result after {timeout_s:.0f} s") from None
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # handed to the caller below
+                box["error"] = exc
+
+        t = threading.Thread(target=target, name=f"stage-{self.stage.name}", daemon=True)
+        t.start()
+        t.join(timeout_s)
+        if t.is_alive():
+            raise StageTimeout(f"{what}: no result after {timeout_s:.0f} s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     def run(self, task: AssetTask, timeout_s: float) -> StageResult:
         return self.call(lambda: self.stage.run(task, self.ctx), timeout_s, task.sha256[:12])
@@ -119,7 +128,7 @@ class _InThread:
         return self.call(lambda: self.stage.run_batch(tasks, self.ctx), timeout_s * len(tasks), f"batch of {len(tasks)}")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        pass
 
 
 # -- the Ray Data UDF ----------------------------------------------------------------------------
