@@ -188,11 +188,9 @@ class MemberNotFound(_Redacted, BadInput):
     error_type = "not_found"
 
 
-# Imported last: curation.sources imports this module back (names above must exist by then).
-from curation.sources.base import ChecksumMismatch  # noqa: E402
-
 __all__ = [
     "redact", "install_log_redaction", "RedactingFilter", "register_secret", "DownloadError", "HttpError", "NotFound", "AuthRequired", "RateLimited",
     "DownloadTimeout", "ConnectionFailed", "TooLarge", "UnsafeArchive", "CorruptArchive", "UnsupportedFormat",
-    "MissingArchive", "MemberNotFound", "ChecksumMismatch",
+    "MissingArchive", "MemberNotFound",
 ]
+# ChecksumMismatch lives in curation.sources.base (error_type "checksum_mismatch").

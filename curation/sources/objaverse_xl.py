@@ -263,11 +263,20 @@ class ObjaverseGithubSource(ListingSource):
     name = "objaverse_github"
     needs = "nothing (public); GITHUB_TOKEN optional for higher rate limits; cache space for repository archives"
 
+    PACKAGED = (".obj", ".gltf")
+    """Formats whose side files (mtl, textures, buffers) travel with them in a package zip."""
+
+    def _packaged(self, path: str) -> bool:
+        return Path(path).suffix.lower() in self.PACKAGED and bool(self.options.get("package_side_files", True))
+
     def format_of(self, file_identifier: str) -> str | None:
         try:
-            return Path(parse_github_identifier(file_identifier)[3]).suffix.lower().lstrip(".") or None
+            path = parse_github_identifier(file_identifier)[3]
         except ValueError:
             return None
+        if self._packaged(path):
+            return "zip"
+        return Path(path).suffix.lower().lstrip(".") or None
 
     def local_path(self, file_identifier: str) -> str | None:
         try:
@@ -281,6 +290,8 @@ class ObjaverseGithubSource(ListingSource):
         try:
             org, repo, commit, path = parse_github_identifier(rec.file_identifier)
             rec.extra.update({"repo": f"{org}/{repo}", "commit": commit, "path_in_repo": path})
+            if self._packaged(path):
+                rec.extra["package_entry"] = path
         except ValueError:
             pass
         return rec
@@ -343,14 +354,12 @@ class ObjaverseGithubSource(ListingSource):
                     break
             if member is None:
                 raise MemberNotFound(f"{path!r} is not in {org}/{repo}@{commit[:12]}")
-            ext = Path(member).suffix.lower()
-            if ext in (".obj", ".gltf") and self.options.get("package_side_files", True):
+            if self._packaged(member):
                 deps = dependencies(member, lambda n: a.read(pre + n) if a.has(pre + n) else None)
-                if deps:
-                    out = package_from_archive(a, member, dest_dir, root=root,
-                                               manifest_extra={"source": self.name, "repo": f"{org}/{repo}", "commit": commit})
-                    info.update(packaged=True, side_files=len(deps), bytes=out.stat().st_size)
-                    return out, info
+                out = package_from_archive(a, member, dest_dir, root=root,
+                                           manifest_extra={"source": self.name, "repo": f"{org}/{repo}", "commit": commit})
+                info.update(packaged=True, side_files=len(deps), bytes=out.stat().st_size)
+                return out, info
             tmp = Path(tempfile.mkdtemp(prefix=".x-", dir=dest_dir))
             try:
                 written = a.extract(tmp, [pre + member], strip_prefix=root)
