@@ -3,7 +3,7 @@
 Backends:
 * ``sdpa`` (default): PyTorch ``scaled_dot_product_attention``. Variable-length (block-diagonal)
   attention is done by one of these strategies, chosen by ``TRELLIS_SDPA_VARLEN``:
-  ``auto`` (default: ``varlen`` on CUDA when available, else ``bucket``), ``varlen``
+  ``auto`` (default: on CUDA ``varlen`` when available, else ``nested``; ``bucket`` on CPU), ``varlen``
   (``torch.nn.attention.varlen.varlen_attn``, CUDA), ``nested`` (jagged nested tensors, CUDA),
   ``bucket`` (sequences grouped by length, one batched SDPA call per distinct length; exact on
   any device) and ``pad`` (pad to the longest sequence with a boolean mask).
@@ -89,8 +89,9 @@ def sdpa_varlen_mode(device: torch.device, mode: Optional[str] = None) -> str:
     if mode not in SDPA_VARLEN_MODES:
         raise ValueError(f"TRELLIS_SDPA_VARLEN must be one of {SDPA_VARLEN_MODES}, got {mode!r}")
     if mode == "auto":
-        if device.type == "cuda" and torch_varlen_available():
-            return "varlen"
+        # measured on H100 (bench/results/trellis_core_gpu.json): varlen << nested < pad << bucket
+        if device.type == "cuda":
+            return "varlen" if torch_varlen_available() else "nested"
         return "bucket"
     if mode in ("varlen", "nested") and device.type != "cuda":
         return "bucket"

@@ -67,7 +67,9 @@ def varlen_attention(
     if name == "naive":
         return _by_sequence(q, k, v, q_lens, kv_lens, _naive)
     mode = sdpa_varlen_mode(q.device, sdpa_mode)
-    if mode == "varlen" and q.dtype in (torch.float16, torch.bfloat16):
+    if mode == "varlen" and q.dtype not in (torch.float16, torch.bfloat16):
+        mode = "nested"  # flash-based varlen_attn takes half precision only
+    if mode == "varlen":
         from torch.nn.attention.varlen import varlen_attn
         cq, ck = _cu(q_lens, q.device), _cu(kv_lens, q.device)
         return varlen_attn(q, k, v, cq, ck, max(q_lens), max(kv_lens))

@@ -13,12 +13,16 @@ Kernel size 1 reproduces spconv's 1x1 shortcut, which reads the weight memory as
 released mesh decoder was trained with it.
 
 Backend choice lives here only: :func:`get_sparse_conv_backend` (``TRELLIS_SPCONV_BACKEND`` =
-``auto`` | ``torch`` | ``spconv``, or :func:`set_sparse_conv_backend`).
+``auto`` | ``torch`` | ``spconv``, or :func:`set_sparse_conv_backend`). ``TRELLIS_SPCONV_ALGO``
+(``native`` | ``mask_implicit_gemm`` | ``mask_split_implicit_gemm``) picks spconv's algorithm (default: spconv's
+own). Under ``auto``, a spconv failure (e.g. no prebuilt kernel for this GPU/dtype) is reported
+once as a warning and that call, and later ones of the same dtype, use the torch path.
 """
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -30,6 +34,7 @@ __all__ = ["SparseConv3d", "SubMConv3dParams", "get_sparse_conv_backend", "set_s
            "spconv_available", "submanifold_neighbours", "subm_conv3d_torch"]
 
 _BACKEND_OVERRIDE: Optional[str] = None
+_SPCONV_FAILED = set()  # (dtype, training) combos where spconv raised under "auto"
 _SPCONV = None  # module, False when unavailable
 
 
@@ -186,10 +191,20 @@ class SparseConv3d(nn.Module):
         if not self._spconv_module:
             sp = _SPCONV
             k = self.conv.kernel_size
+            algo = os.environ.get("TRELLIS_SPCONV_ALGO", "").lower()
+            kw = {}
+            if algo:
+                from spconv.core import ConvAlgo
+                kw["algo"] = {"native": ConvAlgo.Native, "mask_implicit_gemm": ConvAlgo.MaskImplicitGemm,
+                              "mask_split_implicit_gemm": ConvAlgo.MaskSplitImplicitGemm
+                              }.get(algo)
+                if kw["algo"] is None:
+                    raise ValueError(f"unknown TRELLIS_SPCONV_ALGO {algo!r}")
             m = sp.SubMConv3d(self.conv.in_channels, self.conv.out_channels, k,
-                              bias=self.conv.bias is not None, indice_key=f"trellis_subm{k}")
+                              bias=self.conv.bias is not None, indice_key=f"trellis_subm{k}_{algo}", **kw)
             self._spconv_module.append(m)
         m = self._spconv_module[0]
+        m.train(self.training)
         # share (not copy) the parameters; re-bound every call so .to()/.half() are followed
         m.weight = self.conv.weight
         if self.conv.bias is not None:
@@ -199,8 +214,18 @@ class SparseConv3d(nn.Module):
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         backend = get_sparse_conv_backend(x.feats.device)
-        if backend == "spconv":
-            feats = self._spconv_forward(x)
+        auto = (_BACKEND_OVERRIDE or os.environ.get("TRELLIS_SPCONV_BACKEND", "auto")) == "auto"
+        combo = (x.feats.dtype, self.training)
+        if backend == "spconv" and not (auto and combo in _SPCONV_FAILED):
+            try:
+                feats = self._spconv_forward(x)
+            except Exception as e:  # noqa: BLE001 - spconv raises plain RuntimeErrors/asserts
+                if not auto:
+                    raise
+                _SPCONV_FAILED.add(combo)
+                warnings.warn(f"spconv failed for {combo} ({type(e).__name__}: {str(e)[:200]}); "
+                              "using the torch sparse-conv path for it from now on")
+                feats = subm_conv3d_torch(x, self.conv.weight, self.conv.bias)
         else:
             feats = subm_conv3d_torch(x, self.conv.weight, self.conv.bias)
         return x.replace(feats)
