@@ -59,6 +59,10 @@ def archive_kind(path: str | os.PathLike) -> str:
             return "tar"
     except (OSError, tarfile.TarError, EOFError):
         pass
+    name = Path(p).name.lower()
+    if name.endswith((".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")):
+        # named as an archive but unreadable as one: a truncated or damaged download
+        raise CorruptArchive(f"{Path(p).name}: damaged or truncated archive (no readable zip/tar structure)")
     raise UnsupportedFormat(f"{Path(p).name}: not a zip or tar archive")
 
 

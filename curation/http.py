@@ -41,7 +41,6 @@ from curation.errors import (
     install_log_redaction,
     redact,
 )
-from curation.sources.base import ChecksumMismatch, sha256_file
 
 log = logging.getLogger("trellis_data.curation.http")
 
@@ -188,6 +187,9 @@ class Downloader:
     def fetch(self, url: str, dest: str | os.PathLike, *, sha256: str | None = None, size: int | None = None,
               headers: Mapping[str, str] | None = None, max_bytes: int | None = None) -> DownloadResult:
         """Fetch `url` into `dest` (atomic), verified against `sha256`/`size` when given."""
+        # imported here: curation.sources imports this module (no import cycle at load time)
+        from curation.sources.base import ChecksumMismatch, sha256_file
+
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + PART_SUFFIX)

@@ -188,3 +188,36 @@ def test_hssd_gated_and_errors(server, tmp_path, hssd):
     assert TOKEN not in str(ei.value) and "hssd-models" in str(ei.value)
     with pytest.raises(NotFound):
         src.fetch(dict(rec, file_identifier="objects/9/none.glb"), tmp_path)
+
+
+def test_damaged_user_archive_is_corrupt(tmp_path):
+    archive, listing, _ = _future(tmp_path)
+    trunc = write(tmp_path / "trunc" / "3D-FUTURE-model.zip", archive.read_bytes()[: archive.stat().st_size // 2])
+    src = get_source("future3d", listing=str(listing), archive=str(trunc))
+    out = run_source(src, tmp_path / "d")
+    assert set(out.values()) == {"corrupt_archive"}
+
+
+def test_hssd_429_then_200(server, tmp_path, hssd):
+    a = glb("chair")
+    server.script(f"{HUB}/objects/1/1abc.glb", [429], body=a, hf_commit=REPO_COMMIT, headers={"Retry-After": "0"})
+    src = get_source("hssd", **hssd)
+    rec = next(iter(src.list_assets())).as_row()
+    src.verify(rec, src.fetch(rec, tmp_path))
+
+
+def test_through_the_ingest_stage(tmp_path):
+    """The lead's ingest stage fetches, verifies and publishes our packaged assets under raw/."""
+    from catalogs.stage import AssetTask, StageContext
+    from catalogs.store import Store
+    from curation.ingest import IngestStage
+
+    archive, listing, models = _future(tmp_path)
+    opts = {"listing": str(listing), "archive": str(archive)}
+    rec = next(iter(get_source("future3d", **opts).list_assets()))
+    store = Store(str(tmp_path / "store"))
+    stage = IngestStage(config={"sources": {"future3d": opts}})
+    res = stage.run(AssetTask(sha256=rec.sha256, asset=rec.as_row(), inputs={}), StageContext(store=store))
+    assert res.metrics["local_path"] == f"raw/future3d/{rec.sha256}.zip"
+    with open_asset(store.path(res.metrics["local_path"])) as mesh:
+        assert mesh.read_bytes() == models["0001-aaaa"][1]
