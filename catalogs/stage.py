@@ -205,6 +205,9 @@ class Stage:
         for limit, cast in (("timeout_s", float), ("max_attempts", int), ("batch_size", int)):
             if limit in self.config:
                 setattr(self, limit, cast(self.config[limit]))
+        # Placement is run-time too: `config: {resources: {custom: {render: 1}, num_gpus: 1}}`.
+        if self.config.get("resources"):
+            self.resources = dataclasses.replace(self.resources, **dict(self.config["resources"]))
 
     # identity ----------------------------------------------------------------------------------
     @property
