@@ -147,5 +147,101 @@ def reconcile(root: str, catalog: str | None) -> None:
     click.echo(format_table([summary]))
 
 
+@main.command("plan")
+@click.option("--spec", "spec_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Pipeline spec YAML.")
+@root_option
+@catalog_option
+@click.option("--sample", default="1%", show_default=True, help="Fraction of the selection to build for real: 1%, 0.05, …")
+@click.option("--assets", type=int, default=None, help="Sample this many assets instead of a fraction.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random sample.")
+@click.option("--cluster", default=None, help='Cluster shape to predict for, e.g. "cpus=512,gpus=32" (default: this one).')
+@click.option("--select", "selection", default=None, help="SQL selection (default: the spec's, else all).")
+@click.option("--address", default=None, envvar="RAY_ADDRESS", help="Ray cluster address (default: start a local one).")
+@click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def plan_cmd(spec_path: str, root: str, catalog: str | None, sample: str, assets: int | None, seed: int,
+             cluster: str | None, selection: str | None, address: str | None, num_cpus: int | None,
+             no_progress: bool) -> None:
+    """Build a random sample for real, then predict time, CPU/GPU-hours and disk for the whole selection."""
+    from pipeline.estimate import estimate, stage_rows, summary_lines
+    from pipeline.spec import PipelineSpec
+
+    est = estimate(PipelineSpec.load(spec_path), root, catalog_path(root, catalog), sample=sample, assets=assets,
+                   seed=seed, cluster=cluster, selection=selection, address=address, num_cpus=num_cpus,
+                   progress=not no_progress)
+    click.echo(format_table(stage_rows(est)))
+    click.echo("\n".join(summary_lines(est)))
+
+
+@main.command()
+@root_option
+@catalog_option
+@click.option("--out", default=None, help="Report folder (default: <root>/report).")
+@click.option("--thumbs", type=int, default=24, show_default=True, help="Thumbnails per contact sheet.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random contact sheet.")
+def report(root: str, catalog: str | None, out: str | None, thumbs: int, seed: int) -> None:
+    """Write a static HTML report of the dataset (one folder, opens from disk)."""
+    from pipeline.report import write_report
+
+    if out is None and "://" in root and not root.startswith("file://"):
+        raise click.UsageError("a remote --root needs --out")
+    index = write_report(root, catalog_path(root, catalog), out or str(Path(root.removeprefix("file://")) / "report"),
+                         thumbs=thumbs, seed=seed)
+    click.echo(str(index))
+
+
+@main.command()
+@click.option("--stage", required=True, help="The model stage to switch (features, ss_latent, slat or its spec name).")
+@click.option("--model", required=True, help="New model: a local folder/stem, a Hugging Face id, or tiny:<kind>[:<seed>].")
+@click.option("--name", default=None, help="Variant name for the new model (default: the model's own name).")
+@click.option("--spec", "spec_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Pipeline spec (default: the spec of the last run).")
+@root_option
+@catalog_option
+@click.option("--address", default=None, envvar="RAY_ADDRESS", help="Ray cluster address (default: start a local one).")
+@click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster.")
+@click.option("--select", "selection", default=None, help="SQL selection (default: the spec's, else all).")
+@click.option("--dry-run", is_flag=True, help="Only show what would be stale.")
+def reencode(stage: str, model: str, name: str | None, spec_path: str | None, root: str, catalog: str | None,
+             address: str | None, num_cpus: int | None, selection: str | None, dry_run: bool) -> None:
+    """Swap a stage's checkpoint and re-run exactly the rows it makes stale."""
+    from encode.reencode import reencode_spec_dict
+    from pipeline.executor import build as run_build
+    from pipeline.spec import PipelineSpec, plan_stages
+
+    cat_path = catalog_path(root, catalog)
+    if spec_path:
+        base = PipelineSpec.load(spec_path).to_dict()
+    else:
+        base = Catalog(cat_path, read_only=True).last_spec()
+        if base is None:
+            raise click.UsageError("no run recorded yet; pass --spec")
+    spec = PipelineSpec.from_dict(reencode_spec_dict(base, stage, model, name))
+    stages = plan_stages(spec.build_stages())
+    click.echo(format_table(plan_status(Catalog(cat_path, read_only=True), stages, selection or spec.selection)))
+    if dry_run:
+        return
+    report = run_build(spec, root, cat_path, address=address, num_cpus=num_cpus, selection=selection, progress=False)
+    click.echo(f"Run {report.run_id}: planned {report.planned}, ok {report.ok}, failed {report.failed}.")
+    click.echo(format_table(plan_status(Catalog(cat_path), stages, selection or spec.selection)))
+
+
+@main.command("stats")
+@click.option("--variant", required=True, help="SLat variant, e.g. dinov2_vitl14_reg_slat_enc_swin8_B_64l8_fp16.")
+@root_option
+@catalog_option
+@click.option("--select", "selection", default=None, help="SQL yielding sha256 (default: every asset).")
+@click.option("--sample", type=int, default=50_000, show_default=True, help="At most this many assets (seeded draw).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def stats_cmd(variant: str, root: str, catalog: str | None, selection: str | None, sample: int, seed: int) -> None:
+    """Latent mean/std (asset-weighted) -> latents/<variant>/stats.json, recorded in the catalog."""
+    from catalogs.store import Store
+    from encode.stats import latent_stats
+
+    st = latent_stats(Catalog(catalog_path(root, catalog)), Store(root), variant, selection, sample, seed)
+    click.echo(json.dumps({"mean": st.mean, "std": st.std, "n_used": st.n_used, "n_failed": st.n_failed,
+                           "uri": st.uri}, indent=1))
+
+
 if __name__ == "__main__":
     main()
