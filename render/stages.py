@@ -124,6 +124,19 @@ def pick_main_file(names: list[str], root: Path, hint: str | None = None) -> str
     raise UnsupportedFormat(f"archive holds no supported 3D file ({len(names)} files)")
 
 
+_BENIGN = ("EGL Error", "CUEW initialization failed")
+
+
+def log_warnings(text: str) -> int:
+    """Lines of Blender's log that warn or complain, less the known-harmless headless ones."""
+    n = 0
+    for line in text.splitlines():
+        low = line.lower()
+        if ("warn" in low or "error" in low) and not any(b in line for b in _BENIGN):
+            n += 1
+    return n
+
+
 # -- the stages -----------------------------------------------------------------------------------
 class RenderStage(Stage):
     """Feature renders in the reference set-up (DATA_FORMATS.md §3): 150 views, 512 px, Cycles 128 spp."""
@@ -302,6 +315,7 @@ class RenderStage(Stage):
             "cold_start": reply.started_child,
             "scale": res["scale"],
             "camera_max_dev": dev,
+            "blender_log_warnings": log_warnings(reply.log_text),
             **res["signals"],
             "settings": res["settings"],
         }

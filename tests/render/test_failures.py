@@ -42,10 +42,23 @@ def test_empty_scenes(wb_stage, fx, tmp_path):
         wb_stage.render_to(str(fx["sphere"]), "3ds", "0" * 64, str(tmp_path / "x"))
 
 
+def test_sleeping_job_times_out_after_1s():
+    with BlenderWorker() as w:
+        w.start()
+        t0 = time.monotonic()
+        with pytest.raises(StageTimeout) as ei:
+            w.run({"kind": "sleep", "seconds": 600}, timeout=1.0)
+        assert 1.0 <= time.monotonic() - t0 < 5
+        assert "sleep job" in ei.value.log_text and not w.alive()
+        assert w.run({"kind": "ping"}, timeout=60).started_child
+
+
 def test_hang_times_out_and_next_asset_renders(fx, tmp_path):
-    """A heavy Cycles render with a 1 s limit: StageTimeout with the log so far, worker replaced."""
+    """A heavy Cycles render with a short limit: StageTimeout with the log so far, worker replaced.
+
+    (2 s rather than 1 s so that the import has surely printed something on a loaded machine.)"""
     stage = RenderStage(params={"samples": 4096, "resolution": 512, "num_views": 2, "denoise": False},
-                        config={"threads": 1, "job_timeout_s": 1.0})
+                        config={"threads": 1, "job_timeout_s": 2.0})
     try:
         stage.setup()
         first_pid = stage.worker.pid
@@ -84,7 +97,7 @@ def test_crash_during_render(fx, tmp_path):
     try:
         stage.setup()
         pid = stage.worker.pid
-        threading.Timer(1.5, lambda: os.kill(pid, signal.SIGSEGV)).start()
+        threading.Timer(3.0, lambda: os.kill(pid, signal.SIGSEGV)).start()
         with pytest.raises(WorkerCrashed) as ei:
             stage.render_to(str(fx["torus"]), "glb", sha_of(fx["torus"]), str(tmp_path))
         assert ei.value.log_text  # what Blender printed before dying

@@ -77,6 +77,15 @@ def test_signals_missing_texture(wb_stage, fx, tmp_path):
     m = wb_stage.render_to(str(path), "obj", sha_of(path), str(tmp_path))
     assert m["any_missing_texture"] is True and m["n_missing_textures"] == 1
     assert m["textureless"] is True  # the only texture it has cannot be read
+    assert m["blender_log_warnings"] >= 1  # the importer's "Cannot load image" is counted
+
+
+def test_nothing_leaks_between_assets(wb_stage, fx, tmp_path):
+    """Factory reset between assets: a textured asset leaves no objects, materials or images behind."""
+    wb_stage.render_to(str(fx["textured_glb"]), "glb", sha_of(fx["textured_glb"]), str(tmp_path / "a"))
+    m = wb_stage.render_to(str(fx["sphere"]), "glb", sha_of(fx["sphere"]), str(tmp_path / "b"))
+    assert m["n_objects"] == 1 and m["n_materials"] == 0 and m["n_textures"] == 0
+    assert m["blender_log_warnings"] == 0
 
 
 def test_passes(fx, tmp_path):
