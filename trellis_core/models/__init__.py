@@ -5,6 +5,7 @@ from .slat_vae import (SLatEncoder, SLatGaussianDecoder, SLatMeshDecoder, SLatRa
 from .flow import SLatFlowModel, SparseStructureFlowModel
 from .representations import Gaussian, MeshExtractResult, Strivec
 from .released import RELEASED_CONFIGS, released_config
+from .tiny import TINY_CONFIGS, tiny_model
 
 # Elastic* names: same state dict and eval forward (MODELS.md 3.10); registered as aliases.
 ElasticSLatEncoder = SLatEncoder
@@ -18,5 +19,5 @@ __all__ = [
     "SLatGaussianDecoder", "SLatRadianceFieldDecoder", "SLatMeshDecoder", "SparseStructureFlowModel",
     "SLatFlowModel", "ElasticSLatEncoder", "ElasticSLatGaussianDecoder", "ElasticSLatRadianceFieldDecoder",
     "ElasticSLatMeshDecoder", "ElasticSLatFlowModel", "Gaussian", "Strivec", "MeshExtractResult",
-    "RELEASED_CONFIGS", "released_config",
+    "RELEASED_CONFIGS", "released_config", "TINY_CONFIGS", "tiny_model",
 ]

@@ -152,7 +152,7 @@ class SLatFlowModel(TrellisModel):
         h = h.replace(h.feats + self.pos_embedder(h.coords[:, 1:]).type(self.dtype))
         for block in self.blocks:
             if self.use_checkpoint and self.training:
-                f = torch.utils.checkpoint.checkpoint(lambda ff, b=block: b(h.replace(ff), t_emb, cond).feats,
+                f = torch.utils.checkpoint.checkpoint(lambda ff, b=block, ref=h: b(ref.replace(ff), t_emb, cond).feats,
                                                       h.feats, use_reentrant=False)
                 h = h.replace(f)
             else:

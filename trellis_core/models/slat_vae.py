@@ -61,7 +61,7 @@ class SparseTransformerBase(TrellisModel):
         for block in self.blocks:
             if self.use_checkpoint and self.training:
                 h = h.replace(torch.utils.checkpoint.checkpoint(
-                    lambda f, b=block: b(h.replace(f)).feats, h.feats, use_reentrant=False))
+                    lambda f, b=block, ref=h: b(ref.replace(f)).feats, h.feats, use_reentrant=False))
             else:
                 h = block(h)
         return h
