@@ -94,17 +94,26 @@ class _Budget:
     total: int = 0
     files: list[Path] = field(default_factory=list)
 
-    def add(self, name: str, n_out: int, member_out: int, member_compressed: int | None) -> None:
+    consumed_before: int = 0
+    """Compressed bytes consumed by members finished earlier (zip)."""
+
+    def add(self, name: str, n_out: int, member_out: int, member_consumed: int | None,
+            archive_consumed: int | None = None) -> None:
+        """Account `n_out` more output bytes. `member_consumed` / `archive_consumed` are the compressed
+        bytes read so far (of this member / of the whole archive), so a bomb is caught after about
+        `ratio_min_bytes` of output, not after `max_ratio` times its whole compressed size."""
         lim = self.limits
         self.total += n_out
         if member_out > lim.max_member_bytes:
             raise UnsafeArchive(f"archive bomb: member {name!r} expands past {lim.max_member_bytes} bytes")
         if self.total > lim.max_total_bytes:
             raise UnsafeArchive(f"archive bomb: total expansion past {lim.max_total_bytes} bytes")
-        if member_compressed is not None and member_out >= lim.ratio_min_bytes:
-            if member_out / max(member_compressed, 1) > lim.max_ratio:
+        if member_consumed is not None and member_out >= lim.ratio_min_bytes:
+            if member_out / max(member_consumed, 1) > lim.max_ratio:
                 raise UnsafeArchive(f"archive bomb: member {name!r} expands more than {lim.max_ratio:.0f}x")
-        if self.total >= lim.ratio_min_bytes and self.total / max(self.archive_bytes, 1) > lim.max_ratio:
+        if archive_consumed is None:
+            archive_consumed = self.consumed_before + (member_consumed or 0) if member_consumed is not None else self.archive_bytes
+        if self.total >= lim.ratio_min_bytes and self.total / max(archive_consumed, 1) > lim.max_ratio:
             raise UnsafeArchive(f"archive bomb: archive expands more than {lim.max_ratio:.0f}x")
 
 
@@ -123,13 +132,18 @@ class SafeArchive:
                 self._zip = zipfile.ZipFile(self.path)
                 self._infos = self._zip.infolist()
             else:
-                self._tar = tarfile.open(self.path, "r:*")
+                # Our own handle on the file: its position is the compressed bytes consumed so far.
+                self._raw = open(self.path, "rb")
+                self._tar = tarfile.open(fileobj=self._raw, mode="r:*")
                 self._infos = self._tar.getmembers()
         except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as exc:
+            self._close_raw()
             raise CorruptArchive(f"{self.path.name}: cannot read archive: {exc}") from None
         except Exception as exc:  # lzma/zlib errors inside tarfile
+            self._close_raw()
             raise CorruptArchive(f"{self.path.name}: cannot read archive: {type(exc).__name__}: {exc}") from None
         if len(self._infos) > limits.max_members:
+            self.close()
             raise UnsafeArchive(f"{self.path.name}: {len(self._infos)} members (limit {limits.max_members})")
         self._by_name: dict[str, object] = {}
         for info in self._infos:
@@ -139,6 +153,11 @@ class SafeArchive:
             except UnsafeArchive:
                 key = raw  # kept under its raw name; refused when asked for or when extracting all
             self._by_name.setdefault(key, info)
+
+    def _close_raw(self) -> None:
+        raw = getattr(self, "_raw", None)
+        if raw is not None:
+            raw.close()
 
     def __enter__(self) -> SafeArchive:
         return self
@@ -151,6 +170,7 @@ class SafeArchive:
             self._zip.close()
         else:
             self._tar.close()
+            self._close_raw()
 
     # -- listing -------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -235,15 +255,28 @@ class SafeArchive:
     def _copy(self, info, name: str, out: IO[bytes], budget: _Budget) -> int:
         n = 0
         comp = self._compressed_size(info)
+        is_zip = self.kind == "zip"
+        raw = None if is_zip else self._raw
+        chunk_size = min(self.limits.chunk_size, max(64 << 10, self.limits.ratio_min_bytes // 4))
         try:
             with self._stream(info) as f:
                 while True:
-                    chunk = f.read(self.limits.chunk_size)
+                    chunk = f.read(chunk_size)
                     if not chunk:
                         break
                     n += len(chunk)
-                    budget.add(name, len(chunk), n, comp)
+                    if is_zip:
+                        # CPython's ZipExtFile: compressed bytes not yet read, plus input the
+                        # decompressor holds back; without them, fall back to the member's size.
+                        left = getattr(f, "_compress_left", None)
+                        tail = len(getattr(getattr(f, "_decompressor", None), "unconsumed_tail", b"") or b"")
+                        used = (comp - left - tail) if (left is not None and comp is not None) else comp
+                        budget.add(name, len(chunk), n, used)
+                    else:
+                        budget.add(name, len(chunk), n, None, archive_consumed=raw.tell())
                     out.write(chunk)
+            if is_zip and comp is not None:
+                budget.consumed_before += comp
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
             if isinstance(exc, UnsafeArchive):
                 raise

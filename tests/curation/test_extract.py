@@ -145,7 +145,7 @@ def test_zip_bomb_1gb(box, zip_bomb):
     t = time.monotonic()
     with pytest.raises(UnsafeArchive, match="bomb"):
         safe_extract(zip_bomb, target)
-    assert time.monotonic() - t < 5
+    assert time.monotonic() - t < 1.0  # refused after ~1 MiB of output, not after 200x its size
     # nothing half-written is left behind, not even the members extracted before the bomb
     assert not any(p.is_file() for p in target.rglob("*"))
     # asking for the bomb alone is refused too; asking for the small member only works
@@ -172,9 +172,9 @@ def test_tar_gz_bomb_and_total(box):
     arch, target, check = box
     p = arch / "bomb.tar.gz"
     zeros = bytes(1 << 20)
-    with tarfile.open(p, "w:gz") as t:
+    with tarfile.open(p, "w:gz", compresslevel=1) as t:
         ti = _ti("zeros.bin")
-        ti.size = 300 << 20
+        ti.size = 100 << 20
 
         class Zeros(io.RawIOBase):
             left = ti.size
@@ -186,8 +186,10 @@ def test_tar_gz_bomb_and_total(box):
                 return n
 
         t.addfile(ti, Zeros())
+    t = time.monotonic()
     with pytest.raises(UnsafeArchive, match="bomb"):
         safe_extract(p, target)
+    assert time.monotonic() - t < 1.0
     z = _zip(arch / "many.zip", [(f"f{i}.txt", os.urandom(2000), None) for i in range(20)])
     with pytest.raises(UnsafeArchive, match="total"):
         safe_extract(z, target, limits=ExtractLimits(max_total_bytes=10_000))
