@@ -61,4 +61,20 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        2,
+        "latent_stats: per-channel latent mean/std and the selection that produced them",
+        """
+        CREATE TABLE latent_stats (
+            stats_id VARCHAR PRIMARY KEY,
+            stage VARCHAR NOT NULL, variant VARCHAR NOT NULL,
+            selection VARCHAR,           -- SQL yielding sha256 (NULL = every asset)
+            n_selected BIGINT,           -- current latents in the selection
+            n_used BIGINT, n_failed BIGINT, sample_size BIGINT, seed BIGINT,
+            inputs_sha256 VARCHAR,       -- hash of the (sha256, fingerprint) pairs actually used
+            mean JSON, std JSON, uri VARCHAR,
+            created_at TIMESTAMP DEFAULT current_timestamp
+        );
+        """,
+    ),
 ]

@@ -190,5 +190,91 @@ def report(root: str, catalog: str | None, out: str | None, thumbs: int, seed: i
     click.echo(str(index))
 
 
+@main.command()
+@click.option("--stage", required=True, help="The model stage to switch (features, ss_latent, slat or its spec name).")
+@click.option("--model", required=True, help="New model: a local folder/stem, a Hugging Face id, or tiny:<kind>[:<seed>].")
+@click.option("--name", default=None, help="Variant name for the new model (default: the model's own name).")
+@click.option("--spec", "spec_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Pipeline spec (default: the spec of the last run).")
+@root_option
+@catalog_option
+@click.option("--address", default=None, envvar="RAY_ADDRESS", help="Ray cluster address (default: start a local one).")
+@click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster.")
+@click.option("--select", "selection", default=None, help="SQL selection (default: the spec's, else all).")
+@click.option("--dry-run", is_flag=True, help="Only show what would be stale.")
+def reencode(stage: str, model: str, name: str | None, spec_path: str | None, root: str, catalog: str | None,
+             address: str | None, num_cpus: int | None, selection: str | None, dry_run: bool) -> None:
+    """Swap a stage's checkpoint and re-run exactly the rows it makes stale."""
+    from encode.reencode import reencode_spec_dict
+    from pipeline.executor import build as run_build
+    from pipeline.spec import PipelineSpec, plan_stages
+
+    cat_path = catalog_path(root, catalog)
+    if spec_path:
+        base = PipelineSpec.load(spec_path).to_dict()
+    else:
+        base = Catalog(cat_path, read_only=True).last_spec()
+        if base is None:
+            raise click.UsageError("no run recorded yet; pass --spec")
+    spec = PipelineSpec.from_dict(reencode_spec_dict(base, stage, model, name))
+    stages = plan_stages(spec.build_stages())
+    click.echo(format_table(plan_status(Catalog(cat_path, read_only=True), stages, selection or spec.selection)))
+    if dry_run:
+        return
+    report = run_build(spec, root, cat_path, address=address, num_cpus=num_cpus, selection=selection, progress=False)
+    click.echo(f"Run {report.run_id}: planned {report.planned}, ok {report.ok}, failed {report.failed}.")
+    click.echo(format_table(plan_status(Catalog(cat_path), stages, selection or spec.selection)))
+
+
+@main.command("stats")
+@click.option("--variant", required=True, help="SLat variant, e.g. dinov2_vitl14_reg_slat_enc_swin8_B_64l8_fp16.")
+@root_option
+@catalog_option
+@click.option("--select", "selection", default=None, help="SQL yielding sha256 (default: every asset).")
+@click.option("--sample", type=int, default=50_000, show_default=True, help="At most this many assets (seeded draw).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def stats_cmd(variant: str, root: str, catalog: str | None, selection: str | None, sample: int, seed: int) -> None:
+    """Latent mean/std (asset-weighted) -> latents/<variant>/stats.json, recorded in the catalog."""
+    from catalogs.store import Store
+    from encode.stats import latent_stats
+
+    st = latent_stats(Catalog(catalog_path(root, catalog)), Store(root), variant, selection, sample, seed)
+    click.echo(json.dumps({"mean": st.mean, "std": st.std, "n_used": st.n_used, "n_failed": st.n_failed,
+                           "uri": st.uri}, indent=1))
+
+
+@main.command()
+@click.option("--pipeline", "pipeline_path", required=True, help="Pipeline folder (pipeline.json) or Hub repo id.")
+@click.option("--image", default=None, type=click.Path(exists=True, dir_okay=False), help="Condition image (image-to-3D).")
+@click.option("--prompt", default=None, help="Text prompt (text-to-3D).")
+@click.option("--out", required=True, help="Mesh file to write (.glb, .ply, .obj).")
+@click.option("--seed", type=int, default=42)
+@click.option("--steps", type=int, default=None, help="Override both samplers' step counts.")
+@click.option("--device", default=None, help="cpu, cuda, … (default: cuda when available).")
+def generate(pipeline_path: str, image: str | None, prompt: str | None, out: str, seed: int, steps: int | None,
+             device: str | None) -> None:
+    """Generate a mesh from an image or a prompt with a TRELLIS(-layout) pipeline."""
+    from trellis_core.generate import ImageTo3DPipeline, TextTo3DPipeline, save_mesh
+
+    if (image is None) == (prompt is None):
+        raise click.UsageError("pass exactly one of --image or --prompt")
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    params = {"steps": steps} if steps else {}
+    if image is not None:
+        from PIL import Image
+
+        pipe = ImageTo3DPipeline.from_pretrained(pipeline_path, device=device)
+        res = pipe.run(Image.open(image), seed=seed, ss_params=params, slat_params=params)
+    else:
+        pipe = TextTo3DPipeline.from_pretrained(pipeline_path, device=device)
+        res = pipe.run(prompt, seed=seed, ss_params=params, slat_params=params)
+    mesh = res["mesh"][0]
+    save_mesh(mesh, out)
+    click.echo(f"{out}: {len(mesh['vertices'])} vertices, {len(mesh['faces'])} faces "
+               f"({int(res['coords'].shape[0])} voxels)")
+
+
 if __name__ == "__main__":
     main()
