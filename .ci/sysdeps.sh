@@ -11,3 +11,11 @@ if [ -n "$missing" ]; then
     echo "missing system packages:$missing (run as root or: sudo apt-get install$missing)" >&2; exit 1
   fi
 fi
+# Headless Chromium for the report's browser tests (they skip without it); installed only as root.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: chromium is not installed; the report's browser tests will skip (sudo apt-get install chromium)" >&2
+  fi
+fi

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import time
@@ -289,7 +290,7 @@ def estimate(spec: PipelineSpec, store_url: str, catalog_path: str, *, sample: s
     report = build(spec, store_url, catalog_path, address=address, num_cpus=num_cpus, selection=values_selection(chosen),
                    progress=progress, storage_options=storage_options)
     ran_cluster = dict(ray.cluster_resources()) if ray.is_initialized() else {}
-    sample_cpus = float(ran_cluster.get("CPU") or num_cpus or spec.execution.get("num_cpus") or 1)
+    sample_cpus = float(ran_cluster.get("CPU") or num_cpus or spec.execution.get("num_cpus") or os.cpu_count() or 1)
     sample_gpus = float(ran_cluster.get("GPU") or 0)
     stages = spec.build_stages()
     measures = measure(catalog, spec, stages, chosen, cluster_had_gpu=sample_gpus > 0)

@@ -185,7 +185,7 @@ def _stage_seconds(d: ReportData, path: Path) -> bool:
         return False
     data = [d.artifacts[d.artifacts["stage"] == s]["seconds"].dropna().clip(lower=1e-4).to_numpy() for s in stages]
     fig, ax = plt.subplots(figsize=(5, 0.45 * len(stages) + 1.4), dpi=100)
-    ax.boxplot(data, vert=False, tick_labels=stages, showfliers=True)
+    ax.boxplot(data, orientation="horizontal", tick_labels=stages, showfliers=True)
     ax.set_xscale("log")
     ax.set_xlabel("seconds per asset (one attempt, log scale)", fontsize=9)
     ax.set_title("Time per asset by stage", fontsize=10)

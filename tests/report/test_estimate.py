@@ -15,8 +15,6 @@ the sampled root ("remaining work"), both on the same 2-CPU local cluster.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from catalogs.catalog import Catalog
@@ -68,21 +66,25 @@ def test_prediction_within_2x_of_the_remaining_build(demo_runs):
     assert 0.5 <= measured / predicted <= 2.0
 
 
-def test_cli_plan_prints_the_table(demo_runs, tmp_path):
+def test_cli_plan_on_an_already_built_sample(demo_runs, planned_copy, tmp_path):
+    """Everything is built already: no sample run, the measurements come from the existing artifacts."""
     from click.testing import CliRunner
 
     from pipeline.cli import main
     from tests.foundation.helpers import write_spec
 
-    root = tmp_path / "cli"
     path = write_spec(tmp_path / "spec.yaml", demo_runs["spec"])
-    res = CliRunner().invoke(main, ["plan", "--spec", str(path), "--root", str(root), "--assets", "2", "--no-progress",
-                                    "--cluster", "cpus=512,gpus=32"])
+    res = CliRunner().invoke(main, ["plan", "--spec", str(path), "--root", str(planned_copy), "--sample", "10%",
+                                    "--no-progress", "--cluster", "cpus=512,gpus=32"])
     assert res.exit_code == 0, res.output
     assert "assets/s/core" in res.output and "full selection: 20 assets" in res.output
-    assert "cluster: 512 CPUs, 32 GPUs" in res.output
-    cat = Catalog(root / "catalog.duckdb", read_only=True)
-    assert json.loads(cat.scalar("SELECT cluster FROM estimates")) == {"cpus": 512.0, "gpus": 32.0}
+    assert "cluster: 512 CPUs, 32 GPUs" in res.output and "remaining work: 0 assets -> wall 0.0 s" in res.output
+    assert "sample was already built" in res.output
+    cat = Catalog(planned_copy / "catalog.duckdb", read_only=True)
+    assert cat.scalar("SELECT count(*) FROM estimates") == 2
+    last = load_estimates(cat)[-1]
+    assert last["cluster"] == {"cpus": 512.0, "gpus": 32.0}
+    assert all(s["measured"] == 2 for s in last["per_stage"])
 
 
 # -- pure parts ------------------------------------------------------------------------------------
