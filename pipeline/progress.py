@@ -1,5 +1,6 @@
 """Live per-stage progress: workers count what they finish in a small Ray actor, and a driver
-thread turns those counts into one bar per stage (done/total, rate, ETA, failures).
+thread turns those counts into one bar per stage (done/total, rate, ETA, failures, and assets
+skipped because an upstream stage failed, so every bar reaches its total).
 
 Records reach the driver only when an asset leaves the last stage, so the counts, not the records,
 are what make the bars move while upstream stages work.
@@ -20,10 +21,12 @@ class ProgressCounter:
     def __init__(self) -> None:
         self.counts: dict[str, list[int]] = {}
 
-    def add(self, stage: str, done: int, failed: int) -> None:
-        c = self.counts.setdefault(stage, [0, 0])
+    def add(self, stage: str, done: int, failed: int, skipped: int = 0) -> None:
+        """`done` includes `failed`; `skipped` assets were planned but blocked by an upstream failure."""
+        c = self.counts.setdefault(stage, [0, 0, 0])
         c[0] += done
         c[1] += failed
+        c[2] += skipped
 
     def snapshot(self) -> dict[str, list[int]]:
         return self.counts
@@ -45,13 +48,15 @@ class StageProgress:
             self._thread.start()
 
     def set_counts(self, counts: Mapping[str, Sequence[int]]) -> None:
-        for stage, (done, failed) in counts.items():
+        for stage, c in counts.items():
             bar = self.bars.get(stage)
             if bar is None:
                 continue
-            if failed:
-                bar.set_postfix(failed=failed, refresh=False)
-            bar.update(max(0, done - bar.n))
+            done, failed, skipped = (list(c) + [0, 0, 0])[:3]
+            post = {k: v for k, v in (("failed", failed), ("skipped", skipped)) if v}
+            if post:
+                bar.set_postfix(post, refresh=False)
+            bar.update(max(0, done + skipped - bar.n))
 
     def _poll(self) -> None:
         import ray

@@ -169,6 +169,8 @@ class StageRunner:
             if self.progress is not None:
                 failed = sum(isinstance(r, BaseException) for r, _, _ in results)
                 self.progress.add.remote(self.stage.name, len(due), failed)
+        if blocked and self.progress is not None:  # so the stage's bar still reaches its total
+            self.progress.add.remote(self.stage.name, 0, 0, len(blocked))
         return pa.Table.from_pylist(rows, schema=batch.schema)
 
     # internals -------------------------------------------------------------------------------
