@@ -156,23 +156,37 @@ def bench_aesthetic(n_assets: int = 0, batch: int = 64) -> dict:
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         torch.manual_seed(0)
-        cfg = CLIPConfig(vision_config={"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
-                                        "intermediate_size": 4096, "image_size": 224, "patch_size": 14},
-                         text_config={"vocab_size": 49408}, projection_dim=768)
+        vision = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                  "intermediate_size": 4096, "image_size": 224, "patch_size": 14}
+        if os.environ.get("CURATION_BENCH_TINY"):  # smoke test of the bench itself on a CPU
+            vision.update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+            out["clip"] = "TINY smoke-test config"
+        cfg = CLIPConfig(vision_config=vision, text_config={"vocab_size": 49408, "num_hidden_layers": 1}, projection_dim=768)
         t = time.perf_counter()
         CLIPModel(cfg).save_pretrained(d / "clip")
         out["build_and_save_s"] = round(time.perf_counter() - t, 1)
         torch.save(build_mlp(768).state_dict(), d / "mlp.pth")
         store = Store(str(d / "store"))
         rng = np.random.default_rng(0)
+        # render-like views: a shaded disc on a transparent background, 512 px, PNG (decode cost as real renders)
+        yy, xx = np.mgrid[0:512, 0:512] / 511.0
+        views = []
+        for v in range(8):
+            r = np.hypot(xx - 0.5, yy - 0.5)
+            arr = np.zeros((512, 512, 4), np.uint8)
+            arr[..., 0] = (255 * xx).astype(np.uint8)
+            arr[..., 1] = (255 * yy * (v + 1) / 8).astype(np.uint8)
+            arr[..., 2] = rng.integers(0, 32, (512, 512), dtype=np.uint8) + 100
+            arr[..., 3] = np.where(r < 0.35 + 0.01 * v, 255, 0).astype(np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(arr, "RGBA").save(buf, format="PNG")
+            views.append(buf.getvalue())
+        out["view_png_bytes"] = int(np.mean([len(b) for b in views]))
         tasks = []
         for a in range(n_assets):
             sha = hashlib.sha256(str(a).encode()).hexdigest()
             for v in range(8):
-                arr = rng.integers(0, 255, (512, 512, 4), dtype=np.uint8)
-                buf = io.BytesIO()
-                Image.fromarray(arr, "RGBA").save(buf, format="PNG", compress_level=1)
-                store.write_bytes(f"renders/{sha}/{v:03d}.png", buf.getvalue())
+                store.write_bytes(f"renders/{sha}/{v:03d}.png", views[(a + v) % 8])
             tasks.append(AssetTask(sha256=sha, asset={}, inputs={"render": ArtifactRef(uri=store.uri(f"renders/{sha}"))}))
         stage = AestheticStage({"n_views": 4}, {"clip_model": str(d / "clip"), "mlp_weights": str(d / "mlp.pth"),
                                                 "image_batch": batch, "num_gpus": 1 if gpu else 0})

@@ -179,10 +179,13 @@ class AestheticScorer:
         with torch.inference_mode():
             return self.mlp(torch.from_numpy(emb).to(self.device)).float().cpu().numpy()[:, 0]
 
-    def score(self, images: Sequence[Image.Image], batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, images: Sequence[Image.Image], batch: int = 64, pool=None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and embeddings of `images`; `pool` (an executor) preprocesses in parallel."""
+        prep = lambda im: preprocess(im, self.resolution, self.background)  # noqa: E731
         embs = []
         for i in range(0, len(images), batch):
-            x = np.stack([preprocess(im, self.resolution, self.background) for im in images[i:i + batch]])
+            chunk = images[i:i + batch]
+            x = np.stack(list(pool.map(prep, chunk)) if pool is not None else [prep(im) for im in chunk])
             embs.append(self.embed(x))
         emb = np.concatenate(embs) if embs else np.zeros((0, self.clip.config.projection_dim), np.float32)
         return self.head(emb), emb
@@ -279,6 +282,17 @@ class AestheticStage(Stage):
                                            resolution=self.params.resolution, background=self.params.background)
             self._hashes = (self._scorer.clip_sha256, self._scorer.mlp_sha256)
 
+    def _pool(self):
+        """Threads that read, decode and preprocess views (PIL and numpy release the GIL)."""
+        n = int(self.config.get("decode_threads", min(8, os.cpu_count() or 1)))
+        if n <= 1:
+            return None
+        if getattr(self, "_executor", None) is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(max_workers=n, thread_name_prefix="aesthetic-decode")
+        return self._executor
+
     def out_rel(self, sha256: str) -> str:
         return f"aesthetic/{self.variant}/{check_sha(sha256)}.npz"
 
@@ -309,16 +323,24 @@ class AestheticStage(Stage):
         results: list[StageResult | BaseException | None] = [None] * len(tasks)
         spans: list[tuple[int, list[str], int, int]] = []
         images: list[Image.Image] = []
-        for i, t in enumerate(tasks):
+        pool = self._pool()
+
+        def load(t):
             try:
-                names, imgs = self._views(t, ctx)
+                return self._views(t, ctx)
             except Exception as exc:  # noqa: BLE001 - recorded per asset
-                results[i] = exc
+                return exc
+
+        loaded = list(pool.map(load, tasks)) if pool is not None else [load(t) for t in tasks]
+        for i, got in enumerate(loaded):
+            if isinstance(got, BaseException):
+                results[i] = got
                 continue
+            names, imgs = got
             spans.append((i, names, len(images), len(imgs)))
             images.extend(imgs)
         if images:
-            scores, embs = self._scorer.score(images, batch=int(self.config.get("image_batch", 64)))
+            scores, embs = self._scorer.score(images, batch=int(self.config.get("image_batch", 64)), pool=pool)
         rid = self.recipe_id()
         for i, names, start, n in spans:
             t = tasks[i]
