@@ -67,6 +67,8 @@ def test_offline_hub_path_gives_typed_error(monkeypatch, tmp_path):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True, raising=False)
     with pytest.raises(HubDownloadError, match="microsoft/TRELLIS-image-large"):
         from_pretrained("microsoft/TRELLIS-image-large/ckpts/slat_dec_gs_swin8_B_64l8gs32_fp16")
+    with pytest.raises(HubDownloadError, match="pipeline.json"):
+        TrellisPipeline.from_pretrained("microsoft/TRELLIS-text-base")
     with pytest.raises(FileNotFoundError):
         from_pretrained(str(tmp_path / "missing"))
 
