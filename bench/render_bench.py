@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             "set-up every time), the equivalent of the reference's `blender -b -P` per asset.",
             "overhead = wall time per asset minus time inside render() calls (import, scene set-up, "
             "mesh export, process start for cold).",
+            "On a shared machine wall-clock figures follow the background load (loadavg_* fields); "
+            "blender_cpu_s_* (user+system CPU of the Blender child, from /proc) are the load-robust "
+            "figures: on idle cores with Cycles' 2 threads, wall per view ~= CPU per view / 2.",
         ],
         "warm_vs_cold": warm_cold,
         "settings": settings,
