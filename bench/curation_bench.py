@@ -140,7 +140,7 @@ def bench_io() -> dict:
     return out
 
 
-def bench_aesthetic(n_assets: int = 0, batch: int = 64) -> dict:
+def bench_aesthetic(n_assets: int = 0, batch: int = 64, precision: str = "fp32") -> dict:
     import numpy as np
     import torch
     from PIL import Image
@@ -152,7 +152,7 @@ def bench_aesthetic(n_assets: int = 0, batch: int = 64) -> dict:
 
     gpu = torch.cuda.is_available()
     n_assets = n_assets or (256 if gpu else 8)
-    out: dict = {"clip": "ViT-L/14 shape (24x1024, patch 14, 224 px, proj 768), random init", "fp": "float32"}
+    out: dict = {"clip": "ViT-L/14 shape (24x1024, patch 14, 224 px, proj 768), random init", "precision": precision}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         torch.manual_seed(0)
@@ -188,7 +188,7 @@ def bench_aesthetic(n_assets: int = 0, batch: int = 64) -> dict:
             for v in range(8):
                 store.write_bytes(f"renders/{sha}/{v:03d}.png", views[(a + v) % 8])
             tasks.append(AssetTask(sha256=sha, asset={}, inputs={"render": ArtifactRef(uri=store.uri(f"renders/{sha}"))}))
-        stage = AestheticStage({"n_views": 4}, {"clip_model": str(d / "clip"), "mlp_weights": str(d / "mlp.pth"),
+        stage = AestheticStage({"n_views": 4, "precision": precision}, {"clip_model": str(d / "clip"), "mlp_weights": str(d / "mlp.pth"),
                                                 "image_batch": batch, "num_gpus": 1 if gpu else 0})
         t = time.perf_counter()
         stage.setup()
@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     if part in ("io", "all"):
         _save("io", bench_io())
     if part in ("aesthetic", "all"):
-        _save("aesthetic" + ("_gpu" if _device().startswith("NVIDIA") or "H100" in _device() else ""), bench_aesthetic())
+        gpu = _device().startswith("NVIDIA")
+        res = {p: bench_aesthetic(precision=p) for p in (("fp32", "bf16") if gpu else ("fp32",))}
+        _save("aesthetic" + ("_gpu" if gpu else ""), res)
 
 
 if __name__ == "__main__":
