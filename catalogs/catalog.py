@@ -60,6 +60,7 @@ class Catalog:
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = str(path)
         self.read_only = read_only
+        self._held: duckdb.DuckDBPyConnection | None = None
         if not read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self.migrate()
@@ -69,7 +70,15 @@ class Catalog:
     # -- connections ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def connect(self, wait_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A short-lived connection; retries while another process holds the file lock."""
+        """A short-lived connection (or the held one, see `writing`); retries while another process
+        holds the file lock."""
+        if self._held is not None:
+            cur = self._held.cursor()  # same open database: no index reload, no checkpoint on close
+            try:
+                yield cur
+            finally:
+                cur.close()
+            return
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -83,6 +92,26 @@ class Catalog:
             yield con
         finally:
             con.close()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Catalog]:
+        """Hold one writer connection for a whole build.
+
+        Opening a connection loads the primary-key index and closing it checkpoints (rewrites) it,
+        which at millions of rows costs seconds per batch; a build therefore keeps one connection,
+        lets the write-ahead log absorb its batches and checkpoints once at the end. Readers wait
+        (`CatalogBusy` after the timeout) while a build holds the file.
+        """
+        if self._held is not None:
+            yield self
+            return
+        with self.connect() as con:
+            con.execute("SET checkpoint_threshold = '4GB'").fetchall()
+            self._held = con
+            try:
+                yield self
+            finally:
+                self._held = None
 
     def migrate(self) -> int:
         with self.connect() as con:

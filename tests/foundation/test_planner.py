@@ -18,7 +18,8 @@ def rec(sha, stage, fp, status="ok", attempts=1, retryable=None):
 
 
 def planned(catalog, **kw):
-    return dict(zip(*(plan(catalog, STAGES, **kw).column(c).to_pylist() for c in ("sha256", "todo"))))
+    t = plan(catalog, STAGES, **kw)
+    return dict(zip(t.column("sha256").to_pylist(), t.column("todo").to_pylist()))
 
 
 def test_plan_states(tmp_path):
