@@ -17,7 +17,7 @@ import contextlib
 import os
 import posixpath
 import shutil
-import stat
+import tarfile
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -46,8 +46,7 @@ SUPPORTED = ("glb", "gltf", "obj", "fbx", "ply", "stl", "blend", "usd", "usda", 
 MAIN_FILE_PRIORITY = ("glb", "gltf", "blend", "fbx", "obj", "usdz", "usd", "usdc", "usda", "abc", "dae", "ply", "stl")
 """Which file of a multi-file archive is the asset, when the catalog does not name it."""
 
-ZIP_MAX_MEMBERS = 100_000
-ZIP_MAX_BYTES = 8 * 1024**3
+ARCHIVES = ("zip", "tar", "tgz", "gz", "bz2", "xz")
 ENGINES = ("CYCLES", "BLENDER_EEVEE", "BLENDER_WORKBENCH")
 PIXEL_FILTERS = ("BLACKMAN_HARRIS", "GAUSSIAN", "BOX")
 PASSES = ("depth", "normal", "albedo")
@@ -60,59 +59,40 @@ class CameraMismatch(StageError):
 
 
 # -- archives -------------------------------------------------------------------------------------
-def _safe_member(name: str) -> str | None:
-    """The normalised relative path of a zip member, or None if it could escape the folder."""
-    if not name or "\x00" in name or name.startswith(("/", "\\")) or ":" in name.split("/")[0]:
-        return None
-    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
-    if not parts or any(p == ".." for p in parts):
-        return None
-    return "/".join(parts)
+def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
+    """Extract a zip or tar with curation's safe extractor (no escapes, links, bombs); relative names."""
+    from curation.extract import safe_extract as _extract  # noqa: PLC0415
 
-
-def safe_extract(zip_path: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
-    """Extract a zip with strict member names: no absolute paths, no '..', no links, bounded size.
-
-    Returns the extracted relative file names. (curation/extract.py will own the shared
-    extractor; this keeps the render stage self-contained until then.)
-    """
     dest = Path(dest)
-    out = []
+    return sorted(p.relative_to(dest).as_posix() for p in _extract(archive, dest))
+
+
+def is_archive(path: str) -> bool:
+    """A zip or tar by content. (.usdz is a zip too: callers ask only when the format says archive.)"""
+    if zipfile.is_zipfile(path):
+        return True
+    with contextlib.suppress(OSError, tarfile.TarError, EOFError):
+        return tarfile.is_tarfile(path)
+    return False
+
+
+def package_entry(path: str) -> dict[str, Any] | None:
+    """The manifest of a curation asset package (zip + trellis_package.json naming the entry), if any."""
+    from curation.package import is_package, read_manifest  # noqa: PLC0415
+
     try:
-        zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise CorruptFile(f"bad zip archive: {exc}") from exc
-    with zf:
-        infos = zf.infolist()
-        if len(infos) > ZIP_MAX_MEMBERS:
-            raise CorruptFile(f"zip has {len(infos)} members (limit {ZIP_MAX_MEMBERS})")
-        if sum(i.file_size for i in infos) > ZIP_MAX_BYTES:
-            raise CorruptFile("zip expands beyond the size limit")
-        for info in infos:
-            if info.is_dir():
-                continue
-            if stat.S_ISLNK(info.external_attr >> 16):
-                continue  # links are never followed or created
-            rel = _safe_member(info.filename)
-            if rel is None:
-                raise CorruptFile(f"unsafe zip member name {info.filename!r}")
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise CorruptFile(f"cannot extract {info.filename!r}: {exc}") from exc
-            out.append(rel)
-    return out
+        return read_manifest(path) if is_package(path) else None
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+        raise CorruptFile(f"unreadable package manifest: {exc}") from exc
 
 
 def pick_main_file(names: list[str], root: Path, hint: str | None = None) -> str:
+    """The model file of an extracted archive: `hint` if given, else by format priority, then size."""
     if hint:
-        rel = _safe_member(hint)
-        if rel is None or rel not in names:
+        hint = hint.replace("\\", "/").lstrip("/")
+        if hint not in names:
             raise CorruptFile(f"archive has no member {hint!r}")
-        return rel
+        return hint
     by_ext: dict[str, list[str]] = {}
     for n in names:
         if "__MACOSX" in n.split("/"):
@@ -245,12 +225,16 @@ class RenderStage(Stage):
                 local = os.path.join(d, name)
                 with fsspec.open(uri, "rb") as src, open(local, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-            if fmt == "zip" or (fmt not in SUPPORTED and local.lower().endswith(".zip")):
-                d = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="trellis-zip-")))
+            manifest = package_entry(local) if zipfile.is_zipfile(local) else None
+            if manifest is not None or fmt in ARCHIVES or (fmt not in SUPPORTED and is_archive(local)):
+                d = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="trellis-pkg-")))
                 names = safe_extract(local, d)
-                hint = task.asset.get("main_file") or task.asset.get("member")
-                main = pick_main_file(names, d, hint)
-                local, fmt = str(d / main), main.rsplit(".", 1)[-1].lower()
+                if manifest is not None:
+                    main = pick_main_file(names, d, str(manifest.get("entry") or ""))
+                else:
+                    main = pick_main_file(names, d, task.asset.get("main_file") or task.asset.get("package_entry"))
+                local = str(d / main)
+                fmt = str((manifest or {}).get("format") or main.rsplit(".", 1)[-1]).lower().lstrip(".")
             if fmt not in SUPPORTED:
                 raise UnsupportedFormat(f"format {fmt!r} is not rendered (supported: {', '.join(SUPPORTED)})")
             yield local, fmt

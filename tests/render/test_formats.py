@@ -47,13 +47,13 @@ def test_zip_bundle_picks_main_file(tmp_path, fx):
 def test_unsafe_zip_rejected(tmp_path):
     import zipfile
 
-    from catalogs.stage import CorruptFile
+    from catalogs.stage import BadInput
     from render.stages import safe_extract
 
     z = tmp_path / "evil.zip"
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("../../escape.txt", "x")
-    with pytest.raises(CorruptFile):
+    with pytest.raises(BadInput):
         safe_extract(z, tmp_path / "out")
     assert not (tmp_path.parent / "escape.txt").exists()
 

@@ -39,6 +39,26 @@ def test_run_publishes_layout(wb_stage, fx, tmp_path):
     assert res2.metrics["cold_start"] is False  # warm worker
 
 
+def test_curation_package_renders(wb_stage, fx, tmp_path):
+    """A curation asset package (zip + trellis_package.json) stored under the model's own extension."""
+    from curation.package import write_package
+
+    d = fx["obj"].parent
+    pkg = write_package(tmp_path / "pkg.zip", {f.name: f for f in d.iterdir()}, entry="tex.obj")
+    store = Store(str(tmp_path / "root"))
+    sha = sha_of(pkg)
+    res = wb_stage.run(_task(store, pkg, "obj", sha, f"{sha}.obj"), StageContext(store))
+    assert res.metrics["format"] == "obj" and res.metrics["n_textures"] == 1  # the texture came along
+    assert res.metrics["any_missing_texture"] is False
+
+
+def test_plain_usdz_is_not_unpacked(wb_stage, fx, tmp_path):
+    store = Store(str(tmp_path / "root"))
+    sha = sha_of(fx["usdz"])
+    res = wb_stage.run(_task(store, fx["usdz"], "usdz", sha, f"{sha}.usdz"), StageContext(store))
+    assert res.metrics["format"] == "usdz" and res.metrics["n_faces"] > 0
+
+
 def test_publish_order_transforms_last(wb_stage, fx, tmp_path, monkeypatch):
     store = Store(str(tmp_path / "root"))
     order = []
