@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import json
-import random
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -55,62 +54,71 @@ def table_html(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None 
 
 
 # -- data -----------------------------------------------------------------------------------------
+KNOWN_ORDER = ["ingest", "quality", "normalize", "voxelize", "render", "render_cond", "aesthetic", "features",
+               "ss_latent", "slat"]
+MAX_POINTS = 200_000
+"""Histograms draw at most this many values (a seeded reservoir sample), whatever the catalog's size."""
+
+
 class ReportData:
+    """Aggregates computed in DuckDB, so a catalog of millions of artifacts never lands in pandas whole."""
+
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        self.assets = catalog.query("SELECT sha256, source, file_identifier, format, aesthetic_score FROM assets").to_pandas()
-        self.artifacts = catalog.query(
-            "SELECT sha256, stage, variant, status, uri, bytes, metrics, error_type, error, attempts, run_id, seconds "
-            "FROM artifacts").to_pandas()
         self.runs = catalog.query("SELECT run_id, started_at, finished_at, status, counts FROM runs ORDER BY started_at").to_pandas()
 
+    def q(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        return self.catalog.query(sql, params).to_pandas()
+
     def stages(self) -> list[str]:
-        if self.artifacts.empty:
-            return []
-        order = (self.artifacts.groupby("stage")["seconds"].size().index.tolist())
-        known = ["ingest", "quality", "normalize", "voxelize", "render", "render_cond", "aesthetic", "features",
-                 "ss_latent", "slat"]
-        return sorted(order, key=lambda s: (known.index(s) if s in known else len(known), s))
+        found = self.q("SELECT DISTINCT stage FROM artifacts")["stage"].tolist()
+        return sorted(found, key=lambda s: (KNOWN_ORDER.index(s) if s in KNOWN_ORDER else len(KNOWN_ORDER), s))
 
-    def ok(self, stage: str) -> pd.DataFrame:
-        a = self.artifacts
-        return a[(a["stage"] == stage) & (a["status"] == "ok")]
+    def totals(self) -> dict[str, Any]:
+        r = self.q("""SELECT (SELECT count(*) FROM assets) AS assets, (SELECT count(DISTINCT source) FROM assets) AS sources,
+                             count(*) FILTER (status = 'ok') AS ok, count(*) FILTER (status = 'failed') AS failed,
+                             coalesce(CAST(sum(bytes) FILTER (status = 'ok') AS DOUBLE), 0) AS bytes FROM artifacts""")
+        return r.iloc[0].to_dict()
 
-    def metric(self, stage: str, key: str) -> pd.Series:
-        df = self.ok(stage)
-        vals = [(_json(m).get(key), sha) for m, sha in zip(df["metrics"], df["sha256"])]
-        s = pd.Series([v for v, _ in vals], index=[sha for _, sha in vals], dtype="object")
-        return pd.to_numeric(s, errors="coerce").dropna()
+    def metric(self, stage: str, key: str, limit: int = MAX_POINTS) -> pd.Series:
+        """A numeric metric of a stage's successful artifacts, indexed by sha256 (sampled above `limit`)."""
+        df = self.q(f"""SELECT sha256, TRY_CAST(json_extract_string(metrics, '$.' || ?) AS DOUBLE) AS v
+                        FROM artifacts WHERE stage = ? AND status = 'ok' AND v IS NOT NULL
+                        USING SAMPLE reservoir({int(limit)} ROWS) REPEATABLE (0)""", [key, stage])
+        return pd.Series(df["v"].to_numpy(), index=df["sha256"].tolist(), dtype=float)
+
+    def seconds(self, stage: str, ok_only: bool = False, limit: int = MAX_POINTS) -> pd.Series:
+        cond = " AND status = 'ok'" if ok_only else ""
+        df = self.q(f"""SELECT seconds FROM artifacts WHERE stage = ? AND seconds IS NOT NULL{cond}
+                        USING SAMPLE reservoir({int(limit)} ROWS) REPEATABLE (0)""", [stage])
+        return df["seconds"]
 
 
 # -- sections -------------------------------------------------------------------------------------
+def _cell(ok: int, failed: int) -> str:
+    return f"{ok}" + (f" ({failed} failed)" if failed else "")
+
+
 def counts_section(d: ReportData) -> str:
     stages = d.stages()
+    per_source = d.q("SELECT source, count(*) AS n FROM assets GROUP BY source ORDER BY source")
+    grid = d.q("""SELECT coalesce(a.source, '(unknown)') AS source, x.stage,
+                         count(*) FILTER (x.status = 'ok') AS ok, count(*) FILTER (x.status = 'failed') AS failed
+                  FROM artifacts x LEFT JOIN assets a USING (sha256) GROUP BY ALL""")
+    cells = {(r.source, r.stage): (int(r.ok), int(r.failed)) for r in grid.itertuples()}
     rows = []
-    src_of = d.assets.set_index("sha256")["source"] if not d.assets.empty else pd.Series(dtype=str)
-    art = d.artifacts.assign(source=d.artifacts["sha256"].map(src_of).fillna("(unknown)"))
-    for source, n in d.assets.groupby("source").size().items() if not d.assets.empty else []:
-        row: dict[str, Any] = {"source": source, "assets": int(n)}
-        sub = art[art["source"] == source]
-        for st in stages:
-            s = sub[sub["stage"] == st]
-            ok, failed = int((s["status"] == "ok").sum()), int((s["status"] == "failed").sum())
-            row[st] = f"{ok}" + (f" ({failed} failed)" if failed else "")
-        rows.append(row)
-    total: dict[str, Any] = {"source": "all", "assets": len(d.assets)}
-    for st in stages:
-        s = art[art["stage"] == st]
-        ok, failed = int((s["status"] == "ok").sum()), int((s["status"] == "failed").sum())
-        total[st] = f"{ok}" + (f" ({failed} failed)" if failed else "")
+    for r in per_source.itertuples():
+        rows.append({"source": r.source, "assets": int(r.n), **{st: _cell(*cells.get((r.source, st), (0, 0))) for st in stages}})
     if len(rows) > 1:
-        rows.append(total)
-    per_stage = []
-    for st in stages:
-        s = art[art["stage"] == st]
-        okd = s[s["status"] == "ok"]
-        per_stage.append({"stage": st, "ok": len(okd), "failed": int((s["status"] == "failed").sum()),
-                          "bytes": human_bytes(float(okd["bytes"].fillna(0).sum())),
-                          "mean s/asset": f"{s['seconds'].mean():.3f}" if s["seconds"].notna().any() else "-"})
+        rows.append({"source": "all", "assets": int(per_source["n"].sum()),
+                     **{st: _cell(sum(v[0] for (s, t), v in cells.items() if t == st),
+                                  sum(v[1] for (s, t), v in cells.items() if t == st)) for st in stages}})
+    ps = d.q("""SELECT stage, count(*) FILTER (status = 'ok') AS ok, count(*) FILTER (status = 'failed') AS failed,
+                       coalesce(CAST(sum(bytes) FILTER (status = 'ok') AS DOUBLE), 0) AS bytes, avg(seconds) AS s
+                FROM artifacts GROUP BY stage""").set_index("stage")
+    per_stage = [{"stage": st, "ok": int(ps.at[st, "ok"]), "failed": int(ps.at[st, "failed"]),
+                  "bytes": human_bytes(ps.at[st, "bytes"]),
+                  "mean s/asset": f"{ps.at[st, 's']:.3f}" if pd.notna(ps.at[st, "s"]) else "-"} for st in stages]
     return ("<h2 id='counts'>Assets per source and stage</h2><p>Successful artifacts (failures in brackets).</p>"
             + table_html(rows, ["source", "assets", *stages]) + "<h3>Per stage</h3>" + table_html(per_stage))
 
@@ -130,24 +138,28 @@ def runs_section(d: ReportData) -> str:
 
 
 def failures_section(d: ReportData, examples: int = 3) -> str:
-    f = d.artifacts[d.artifacts["status"] == "failed"]
-    if f.empty:
+    groups = d.q("""SELECT stage, coalesce(error_type, '(none)') AS error_type, count(*) AS n FROM artifacts
+                    WHERE status = 'failed' GROUP BY ALL ORDER BY n DESC, stage, error_type""")
+    if groups.empty:
         return "<h2 id='failures'>Failures</h2><p class='good'>No failed artifacts.</p>"
-    ident = d.assets.set_index("sha256")["file_identifier"] if not d.assets.empty else pd.Series(dtype=str)
-    parts = ["<h2 id='failures'>Failures</h2>",
-             f"<p>{len(f)} failed (asset, stage) pairs, by stage and error type, with examples.</p>"]
-    groups = f.groupby(["stage", "error_type"], dropna=False).size().sort_values(ascending=False)
+    ex = d.q(f"""SELECT * FROM (
+                     SELECT x.stage, coalesce(x.error_type, '(none)') AS error_type, x.sha256, a.file_identifier,
+                            x.attempts, x.error,
+                            row_number() OVER (PARTITION BY x.stage, coalesce(x.error_type, '(none)') ORDER BY x.sha256) AS k
+                     FROM artifacts x LEFT JOIN assets a USING (sha256) WHERE x.status = 'failed')
+                 WHERE k <= {int(examples)}""")
     rows = []
-    for (stage, etype), n in groups.items():
-        sub = f[(f["stage"] == stage) & (f["error_type"].fillna("") == ("" if pd.isna(etype) else etype))]
-        ex = "".join(
-            f"<li><code>{esc(r.sha256[:12])}</code> {esc(ident.get(r.sha256, ''))} "
+    for g in groups.itertuples():
+        sub = ex[(ex["stage"] == g.stage) & (ex["error_type"] == g.error_type)]
+        items = "".join(
+            f"<li><code>{esc(r.sha256[:12])}</code> {esc(r.file_identifier)} "
             f"(attempts {esc(r.attempts)}): <span class='err'>{esc((r.error or '')[:300])}</span></li>"
-            for r in sub.head(examples).itertuples())
-        rows.append(f"<tr><td>{esc(stage)}</td><td>{esc(etype)}</td><td>{int(n)}</td><td><ul>{ex}</ul></td></tr>")
-    parts.append("<table><thead><tr><th>stage</th><th>error type</th><th>count</th><th>examples</th></tr></thead>"
-                 f"<tbody>{''.join(rows)}</tbody></table>")
-    return "".join(parts)
+            for r in sub.itertuples())
+        rows.append(f"<tr><td>{esc(g.stage)}</td><td>{esc(g.error_type)}</td><td>{int(g.n)}</td><td><ul>{items}</ul></td></tr>")
+    return ("<h2 id='failures'>Failures</h2>"
+            f"<p>{int(groups['n'].sum())} failed (asset, stage) pairs, by stage and error type, with examples.</p>"
+            "<table><thead><tr><th>stage</th><th>error type</th><th>count</th><th>examples</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
 
 
 def _hist(values: Iterable[float], title: str, xlabel: str, path: Path, log: bool = False) -> None:
@@ -180,10 +192,12 @@ def _stage_seconds(d: ReportData, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stages = [s for s in d.stages() if d.artifacts[(d.artifacts["stage"] == s)]["seconds"].notna().any()]
-    if not stages:
+    per = [(s, d.seconds(s, limit=20_000)) for s in d.stages()]
+    per = [(s, v) for s, v in per if len(v)]
+    if not per:
         return False
-    data = [d.artifacts[d.artifacts["stage"] == s]["seconds"].dropna().clip(lower=1e-4).to_numpy() for s in stages]
+    stages = [s for s, _ in per]
+    data = [v.clip(lower=1e-4).to_numpy() for _, v in per]
     fig, ax = plt.subplots(figsize=(5, 0.45 * len(stages) + 1.4), dpi=100)
     ax.boxplot(data, orientation="horizontal", tick_labels=stages, showfliers=True)
     ax.set_xscale("log")
@@ -207,7 +221,8 @@ def histograms_section(d: ReportData, out: Path) -> str:
         _hist(score, f"Aesthetic score ({len(score)} assets)", "score (aesthetic stage)", out / "hist_aesthetic.png")
         figs.append(("hist_aesthetic.png", "aesthetic score (aesthetic stage)"))
     else:
-        pub = pd.to_numeric(d.assets["aesthetic_score"], errors="coerce").dropna() if not d.assets.empty else pd.Series()
+        pub = d.q(f"SELECT aesthetic_score FROM assets WHERE aesthetic_score IS NOT NULL "
+                  f"USING SAMPLE reservoir({MAX_POINTS} ROWS) REPEATABLE (0)")["aesthetic_score"]
         if len(pub):
             _hist(pub, f"Published aesthetic score ({len(pub)} assets)", "score published by the source",
                   out / "hist_aesthetic.png")
@@ -218,7 +233,7 @@ def histograms_section(d: ReportData, out: Path) -> str:
             _hist(faces, f"Faces ({len(faces)} assets)", f"{key} ({stage})", out / "hist_faces.png", log=True)
             figs.append(("hist_faces.png", f"faces ({stage} metrics)"))
             break
-    rt = d.ok("render")["seconds"].dropna()
+    rt = d.seconds("render", ok_only=True)
     if len(rt):
         _hist(rt, f"Render time ({len(rt)} assets)", "seconds per asset (render)", out / "hist_render_time.png")
         figs.append(("hist_render_time.png", "render time"))
@@ -269,21 +284,29 @@ def _sheet(store: Store, out: Path, shas: Sequence[str], captions: Mapping[str, 
 
 
 def contact_sheets_section(d: ReportData, store: Store, out: Path, n: int, seed: int) -> str:
-    rendered = sorted(d.ok("render")["sha256"].unique().tolist())
     head = "<h2 id='renders'>Renders</h2>"
-    if not rendered:
+    n_rendered = int(d.q("SELECT count(*) AS n FROM artifacts WHERE stage = 'render' AND status = 'ok'")["n"].iloc[0])
+    if not n_rendered:
         return head + "<p class='empty'>No render artifacts yet (stage <code>render</code>).</p>"
-    src = d.assets.set_index("sha256")["source"] if not d.assets.empty else pd.Series(dtype=str)
-    score = d.metric("aesthetic", "score")
-    caps = {s: f"{src.get(s, '')}" + (f" · {score[s]:.2f}" if s in score.index else "") for s in rendered}
-    parts = [head, f"<p>{len(rendered)} rendered assets; thumbnails of view 000 at {THUMB_PX} px.</p>"]
-    pick = sorted(random.Random(seed).sample(rendered, min(n, len(rendered))))
-    parts.append(_sheet(store, out, pick, caps, f"Random sample ({len(pick)}, seed {seed})"))
-    scored = score[score.index.isin(rendered)].sort_values()
+    # seeded random sample, ranked in SQL (md5 of seed + sha256), then best/worst by the aesthetic stage's score
+    pick = d.q("SELECT sha256 FROM artifacts WHERE stage = 'render' AND status = 'ok' ORDER BY md5(? || sha256) LIMIT ?",
+               [str(seed), int(n)])["sha256"].tolist()
+    k = max(1, n // 2)
+    scored = d.q("""SELECT s.sha256, TRY_CAST(json_extract_string(s.metrics, '$.score') AS DOUBLE) AS score
+                    FROM artifacts s JOIN artifacts r ON r.sha256 = s.sha256 AND r.stage = 'render' AND r.status = 'ok'
+                    WHERE s.stage = 'aesthetic' AND s.status = 'ok' AND score IS NOT NULL""")
+    best = scored.sort_values(["score", "sha256"], ascending=[False, True]).head(k)
+    worst = scored.sort_values(["score", "sha256"]).head(k)
+    shown = sorted(set(pick) | set(best["sha256"]) | set(worst["sha256"]))
+    src = d.q("SELECT sha256, source FROM assets WHERE sha256 IN (SELECT unnest(?::VARCHAR[]))", [shown])
+    src = dict(zip(src["sha256"], src["source"]))
+    score = dict(zip(scored["sha256"], scored["score"]))
+    caps = {s: f"{src.get(s, '')}" + (f" · {score[s]:.2f}" if s in score else "") for s in shown}
+    parts = [head, f"<p>{n_rendered} rendered assets; thumbnails of view 000 at {THUMB_PX} px.</p>"]
+    parts.append(_sheet(store, out, sorted(pick), caps, f"Random sample ({len(pick)}, seed {seed})"))
     if len(scored):
-        k = min(n // 2 or 1, len(scored))
-        parts.append(_sheet(store, out, list(scored.index[::-1][:k]), caps, f"Best aesthetic scores (top {k})"))
-        parts.append(_sheet(store, out, list(scored.index[:k]), caps, f"Worst aesthetic scores (bottom {k})"))
+        parts.append(_sheet(store, out, best["sha256"].tolist(), caps, f"Best aesthetic scores (top {len(best)})"))
+        parts.append(_sheet(store, out, worst["sha256"].tolist(), caps, f"Worst aesthetic scores (bottom {len(worst)})"))
     else:
         parts.append("<p class='empty'>No aesthetic scores yet (stage <code>aesthetic</code>): best/worst sheets "
                      "appear once it has run.</p>")
@@ -375,9 +398,8 @@ def write_report(store_url: str, catalog_path: str, out_dir: str | Path, *, thum
     catalog = Catalog(catalog_path, read_only=True)
     store = Store(store_url, **dict(storage_options or {}))
     d = ReportData(catalog)
-    n_ok = int((d.artifacts["status"] == "ok").sum()) if not d.artifacts.empty else 0
-    n_failed = int((d.artifacts["status"] == "failed").sum()) if not d.artifacts.empty else 0
-    total_bytes = float(d.artifacts.loc[d.artifacts["status"] == "ok", "bytes"].fillna(0).sum()) if n_ok else 0.0
+    tot = d.totals()
+    n_ok, n_failed, total_bytes = int(tot["ok"]), int(tot["failed"]), float(tot["bytes"])
     sections = [counts_section(d), runs_section(d), failures_section(d), histograms_section(d, out),
                 contact_sheets_section(d, store, out, thumbs, seed), estimate_section(d)]
     nav = "".join(f"<a href='#{a}'>{t}</a>" for a, t in (("counts", "Counts"), ("runs", "Runs"), ("failures", "Failures"),
@@ -390,7 +412,7 @@ def write_report(store_url: str, catalog_path: str, out_dir: str | Path, *, thum
 <body>
 <h1>Dataset report</h1>
 <p class="meta">store <code>{esc(store_url)}</code> · catalog <code>{esc(catalog_path)}</code> · generated {esc(str(utcnow())[:19])} UTC</p>
-<p><b>{len(d.assets)}</b> assets from <b>{d.assets['source'].nunique() if not d.assets.empty else 0}</b> source(s);
+<p><b>{int(tot['assets'])}</b> assets from <b>{int(tot['sources'])}</b> source(s);
 <b>{n_ok}</b> artifacts ok, <b>{n_failed}</b> failed; {esc(human_bytes(total_bytes))} in the store; {len(d.runs)} run(s).</p>
 <nav>{nav}</nav>
 {''.join(sections)}
