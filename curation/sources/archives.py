@@ -29,7 +29,7 @@ from curation.errors import CorruptArchive, MemberNotFound, MissingArchive, TooL
 from curation.extract import SafeArchive, check_name
 from curation.http import downloader_from_options
 from curation.package import write_package
-from curation.sources.trellis500k import ListingSource, exclusive, move_into
+from curation.sources.trellis500k import ListingSource, exclusive, file_key, move_into, shared
 
 
 class ManualArchiveSource(ListingSource):
@@ -70,9 +70,13 @@ class ManualArchiveSource(ListingSource):
         return dest
 
     def archive(self) -> SafeArchive:
+        """The archive, opened once per process (its directory is read once) and shared by the
+        source objects built per asset; reads on it are serialised by `self._lock`."""
         with self._lock:
             if self._open is None:
-                self._open = SafeArchive(self.archive_file())
+                path = self.archive_file()
+                self._open, self._lock = shared(("archive",) + file_key(path),
+                                                lambda: (SafeArchive(path), threading.RLock()))
             return self._open
 
     def root_dir(self) -> Path | None:
@@ -166,10 +170,7 @@ class AboSource(ManualArchiveSource):
             info["bytes"] = out.stat().st_size
             return out, info
         tar_path = self.archive_file()
-        with self._lock:
-            if not hasattr(self, "_idx"):
-                self._idx = self._index(tar_path)
-        idx = self._idx
+        idx = shared(("abo-index",) + file_key(tar_path), lambda: self._index(tar_path))
         if idx is None:  # compressed tar: stream through it (slow, but safe)
             out = self._extract_one(member, dest_dir)
         else:
@@ -216,14 +217,16 @@ class Future3DSource(ManualArchiveSource):
         return rec
 
     def _members_by_dir(self) -> dict[str, list[str]]:
-        with self._lock:
-            if not hasattr(self, "_by_dir"):
-                by: dict[str, list[str]] = {}
-                for n in self.archive().names():
-                    d, _, base = n.rpartition("/")
-                    by.setdefault(d, []).append(base)
-                self._by_dir = by
-            return self._by_dir
+        a = self.archive()
+
+        def build() -> dict[str, list[str]]:
+            by: dict[str, list[str]] = {}
+            for n in a.names():
+                d, _, base = n.rpartition("/")
+                by.setdefault(d, []).append(base)
+            return by
+
+        return shared(("by-dir",) + file_key(a.path), build)
 
     def fetch_with_info(self, asset: Mapping[str, Any], dest_dir: Path) -> tuple[Path, dict[str, Any]]:
         fid = check_name(asset["file_identifier"].rstrip("/"))

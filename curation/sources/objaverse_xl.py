@@ -55,7 +55,7 @@ from curation.extract import SafeArchive, common_root
 from curation.http import RetryPolicy, default_limiter, downloader_from_options, parse_retry_after
 from curation.package import dependencies, package_from_archive
 from curation.sources.base import ChecksumMismatch, sha256_file
-from curation.sources.trellis500k import ListingSource, exclusive, move_into
+from curation.sources.trellis500k import ListingSource, exclusive, file_key, move_into, shared
 
 log = logging.getLogger("trellis_data.curation.objaverse")
 
@@ -199,13 +199,16 @@ class ObjaverseSketchfabSource(ListingSource):
         return SketchfabDownloader, urlsplit(endpoint).netloc
 
     def _object_paths(self, dl, host: str, base: Path) -> dict[str, str]:
-        cached = getattr(self, "_paths", None)
-        if cached is not None:
-            return cached
-        with exclusive(base / "hf-objaverse-v1" / ".object-paths.lock"):
-            paths = with_retries(lambda: dl._get_object_paths(download_dir=str(base)), "object-paths.json.gz", host, self.options)
-        self._paths = paths
-        return paths
+        """uid -> path in allenai/objaverse; fetched once per cache dir, parsed once per process."""
+        def load() -> dict[str, str]:
+            with exclusive(base / "hf-objaverse-v1" / ".object-paths.lock"):
+                return with_retries(lambda: dl._get_object_paths(download_dir=str(base)), "object-paths.json.gz",
+                                    host, self.options)
+
+        gz = base / "hf-objaverse-v1" / "object-paths.json.gz"
+        if not gz.exists():
+            load()
+        return shared(("object-paths",) + file_key(gz), load)
 
     def fetch_with_info(self, asset: Mapping[str, Any], dest_dir: Path) -> tuple[Path, dict[str, Any]]:
         dl, host = self._setup()

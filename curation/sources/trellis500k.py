@@ -123,6 +123,27 @@ def exclusive(path: Path) -> Iterator[None]:
             os.close(fd)
 
 
+_shared: dict[tuple, Any] = {}
+_shared_lock = threading.Lock()
+
+
+def shared(key: tuple, factory):
+    """A per-process memo: sources are built per asset (`get_source(...)` in every ingest task), so
+    expensive state (archive directories, object-path indexes) lives here, keyed by what it depends
+    on (e.g. path, size and mtime), and is built once per worker process."""
+    with _shared_lock:
+        if key in _shared:
+            return _shared[key]
+    value = factory()
+    with _shared_lock:
+        return _shared.setdefault(key, value)
+
+
+def file_key(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path), st.st_size, st.st_mtime_ns)
+
+
 def move_into(src: Path, dest_dir: Path, name: str | None = None, keep: bool = False) -> Path:
     """Move (or copy, when `keep`) `src` into `dest_dir`; returns the new path."""
     import shutil
@@ -139,4 +160,4 @@ def move_into(src: Path, dest_dir: Path, name: str | None = None, keep: bool = F
     return dest
 
 
-__all__ = ["ListingSource", "exclusive", "move_into"]
+__all__ = ["ListingSource", "exclusive", "move_into", "shared", "file_key"]
