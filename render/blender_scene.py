@@ -489,7 +489,7 @@ def _c2w(cam) -> list[list[float]]:
 
 
 def render_asset(job: dict[str, Any]) -> dict[str, Any]:
-    """Render one asset as described by `job` (see render.worker.RenderJob); returns plain data."""
+    """Render one asset as described by `job` (built by `RenderStage.job`); returns plain data."""
     t0 = time.perf_counter()
     out_dir = job["out_dir"]
     os.makedirs(out_dir, exist_ok=True)
@@ -502,8 +502,7 @@ def render_asset(job: dict[str, Any]) -> dict[str, Any]:
         if sig["n_faces"] == 0:
             raise SceneError("empty_geometry", f"no faces in the scene ({sig['n_meshes']} meshes, "
                                                f"{sig['n_vertices']} vertices)")
-        scale, offset = normalize_scene()
-        sig["no_material_fraction"] = signals()["no_material_fraction"]  # now in normalised area
+        scale, offset = normalize_scene()  # uniform scale: area fractions in `sig` stay valid
         ensure_world()
         cam = add_camera()
         add_lights()
