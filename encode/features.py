@@ -16,7 +16,7 @@ skipped view as in the reference), and every wait has a time limit: nothing can 
 Params (fingerprinted): `model` (location, replaced by the weights hash), `name` (variant),
 `image_size`, `precision` (`bf16` autocast, or `fp32` for parity checks), `resolution`.
 Config (not fingerprinted): `device`, `batch_views`, `loader_threads`, `writer_threads`,
-`view_timeout_s`, `prefetch_views`, `resize_on_device` (default: on a GPU). With it the loader
+`view_timeout_s`, `prefetch_views`, `npz_compresslevel` (deflate level, default 1), `resize_on_device` (default: on a GPU). With it the loader
 only decodes the PNG and the 518 px LANCZOS resize runs on the device with Pillow's exact integer
 algorithm (`encode.resample`), which takes most of the CPU cost off the loader.
 """
@@ -39,6 +39,7 @@ from catalogs.stage import (
     AssetTask, CorruptFile, MissingUpstream, ModelConfigMismatch, NonFinite, Resources, StageContext, StageResult,
 )
 from encode.modelstage import ModelStage
+from encode.npzio import DEFAULT_LEVEL, write_npz
 from encode.plyio import read_points_ply
 from encode.projection import cameras_from_transforms, project_uv, sum_sampled, token_grid, voxel_indices
 
@@ -158,7 +159,7 @@ class FeatureStage(ModelStage):
     def setup(self) -> None:
         if self._loader is None:
             self._loader = cf.ThreadPoolExecutor(int(self._cfg("loader_threads", 2, 12)), thread_name_prefix="feat-load")
-            self._writer = cf.ThreadPoolExecutor(int(self._cfg("writer_threads", 1, 4)), thread_name_prefix="feat-write")
+            self._writer = cf.ThreadPoolExecutor(int(self._cfg("writer_threads", 1, 8)), thread_name_prefix="feat-write")
         if self.model is None:
             self.model = self.load_model()
 
@@ -372,7 +373,8 @@ class FeatureStage(ModelStage):
         rel = layout.features(self.variant, a.task.sha256)
         with ctx.store.staged_file(rel) as local:
             with open(local, "wb") as fh:
-                np.savez_compressed(fh, indices=a.indices, patchtokens=feats)
+                write_npz(fh, int(self.config.get("npz_compresslevel", DEFAULT_LEVEL)), indices=a.indices,
+                          patchtokens=feats)
             nbytes = local.stat().st_size
         metrics = {"num_voxels": int(len(a.indices)), "n_views": a.loaded, "n_views_listed": len(a.names),
                    "feature_dim": int(feats.shape[1]), "model": self.variant, "precision": self.params.precision}

@@ -29,6 +29,7 @@ from catalogs.stage import (
     AssetTask, CorruptFile, MissingUpstream, ModelConfigMismatch, NonFinite, Resources, StageContext, StageResult,
 )
 from encode.modelstage import ModelStage
+from encode.npzio import DEFAULT_LEVEL, npz_bytes
 from encode.plyio import read_points_ply
 from encode.projection import voxel_indices
 
@@ -96,11 +97,25 @@ class _EncoderStage(ModelStage):
         except FileNotFoundError:
             raise MissingUpstream(f"{task.sha256[:12]}: {rel} does not exist") from None
 
-    @staticmethod
-    def _publish(ctx: StageContext, rel: str, **arrays) -> int:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        return ctx.store.write_bytes(rel, buf.getvalue())
+    def _publish(self, ctx: StageContext, rel: str, **arrays) -> int:
+        level = int(self.config.get("npz_compresslevel", DEFAULT_LEVEL))
+        return ctx.store.write_bytes(rel, npz_bytes(level, **arrays))
+
+    def _map(self, fn, items: list) -> list:
+        """fn over items in a thread pool (npz decompression releases the GIL); exceptions as values."""
+        import concurrent.futures as cf
+
+        def safe(it):
+            try:
+                return fn(it)
+            except Exception as exc:
+                return exc
+
+        threads = int(self.config.get("loader_threads", 8 if self.device.type == "cuda" else 2))
+        if threads <= 1 or len(items) <= 1:
+            return [safe(it) for it in items]
+        with cf.ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(safe, items))
 
 
 class SSLatentStage(_EncoderStage):
@@ -149,11 +164,11 @@ class SSLatentStage(_EncoderStage):
         res = self.params.resolution
         out: list[Any] = [None] * len(tasks)
         good: list[tuple[int, np.ndarray]] = []
-        for i, t in enumerate(tasks):
-            try:
-                good.append((i, self._occupancy(t, ctx)))
-            except Exception as exc:
-                out[i] = exc
+        for i, r in enumerate(self._map(lambda t: self._occupancy(t, ctx), list(tasks))):
+            if isinstance(r, Exception):
+                out[i] = r
+            else:
+                good.append((i, r))
         chunk = int(self.config.get("encode_batch", 16 if self.device.type == "cuda" else 4))
         for s in range(0, len(good), chunk):
             part = good[s:s + chunk]
@@ -237,26 +252,28 @@ class SLatStage(_EncoderStage):
             return failed
         out: list[Any] = [None] * len(tasks)
         loaded: list[tuple[int, np.ndarray, np.ndarray]] = []
-        for i, t in enumerate(tasks):
-            try:
-                loaded.append((i, *self._load(t, ctx)))
-            except Exception as exc:
-                out[i] = exc
+        for i, r in enumerate(self._map(lambda t: self._load(t, ctx), list(tasks))):
+            if isinstance(r, Exception):
+                out[i] = r
+            else:
+                loaded.append((i, *r))
         max_tokens = int(self.config.get("max_tokens", 200_000 if self.device.type == "cuda" else 40_000))
         for group in pack_by_tokens(loaded, max_tokens):
             try:
                 coords = np.concatenate([np.concatenate([np.full((len(ix), 1), b, np.int32), ix.astype(np.int32)], 1)
                                          for b, (_, ix, _) in enumerate(group)])
-                feats = np.concatenate([tk for _, _, tk in group]).astype(np.float32)
-                x = SparseTensor(torch.from_numpy(feats).to(self.device), torch.from_numpy(coords).to(self.device))
+                # float16 goes over the bus and is widened to float32 (the reference's input) on the device
+                feats = torch.from_numpy(np.concatenate([tk for _, _, tk in group]))
+                x = SparseTensor(feats.to(self.device).float(), torch.from_numpy(coords).to(self.device))
                 with torch.no_grad():
                     z = self.model(x, sample_posterior=False)
-                if not torch.equal(z.coords.cpu(), x.coords.cpu()):
+                if not torch.equal(z.coords, x.coords):
                     raise RuntimeError("SLat encoder changed the voxel order")
                 zf = z.feats.float()
-                finite = [bool(torch.isfinite(zf[s]).all()) for s in z.layout]
+                row_ok = torch.isfinite(zf).all(1).cpu().numpy()
                 zf = zf.cpu().numpy()
                 lay = z.layout
+                finite = [bool(row_ok[s].all()) for s in lay]
             except Exception as exc:
                 for i, _, _ in group:
                     out[i] = exc
