@@ -73,13 +73,31 @@ def import_sources(catalog: Catalog, sources: Iterable[Mapping[str, Any]], batch
         src = get_source(spec["name"], **dict(spec.get("options") or {}))
         buf: list[dict[str, Any]] = []
         for rec in src.list_assets():
-            layout.check_sha(rec.sha256)
-            buf.append(rec.as_row())
+            try:
+                layout.check_sha(rec.sha256)  # ids name files in the store: sha256 hex only
+            except ValueError:
+                log.warning("source %s lists an asset whose id is not a sha256 hex digest (%r); skipped",
+                            spec["name"], str(rec.sha256)[:80])
+                continue
+            buf.append(_utf8_row(rec.as_row()))
             if len(buf) >= batch:
                 n += catalog.upsert_assets(buf)
                 buf = []
         n += catalog.upsert_assets(buf)
     return n
+
+
+def _utf8_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A listing row the catalog can store: strings that are not valid UTF-8 (a non-UTF-8 file name
+    decoded with surrogateescape) are escaped, so one odd name fails only its own asset."""
+    for k, v in row.items():
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                row[k] = v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                log.warning("asset %s: %s is not valid UTF-8; stored escaped as %r", row.get("sha256", "?")[:12], k, row[k])
+    return row
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -160,6 +178,12 @@ def build(spec: PipelineSpec, store_url: str, catalog_path: str, *, address: str
     storage_options = dict(storage_options or {})
     store = Store(store_url, **storage_options)
     catalog = Catalog(catalog_path)
+    with catalog.writing():  # the driver is the single writer for the whole build
+        return _build(spec, store, catalog, started, address, num_cpus, selection, retry_failed, storage_options, progress)
+
+
+def _build(spec: PipelineSpec, store: Store, catalog: Catalog, started: float, address: str | None, num_cpus: int | None,
+           selection: str | None, retry_failed: bool, storage_options: dict[str, Any], progress: bool) -> BuildReport:
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     if catalog.mark_interrupted_runs():
         log.info("a previous build was interrupted; resuming from the catalog and the store")
