@@ -103,6 +103,8 @@ def classify(exc: BaseException) -> tuple[str, bool]:
         return "out_of_memory", True
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return "transient", True
+    if isinstance(exc, FileNotFoundError):  # an input that vanished (or cannot be named) is per-asset
+        return "not_found", False
     return f"internal:{type(exc).__name__}", False
 
 

@@ -137,8 +137,15 @@ class StageRunner:
 
     def __init__(self, entry: Mapping[str, Any], bit: int, upstream_bits: int, fingerprint: str, store_url: str,
                  storage_options: Mapping[str, Any], run_id: str, progress=None) -> None:
+        from curation.errors import install_log_redaction
         from pipeline.spec import StageEntry
 
+        root_logger = logging.getLogger()
+        if not root_logger.handlers:  # else Python's last-resort handler would print records unfiltered
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            root_logger.addHandler(handler)
+        install_log_redaction()  # this worker's log handlers drop tokens and credentials too
         try:
             import ray
 
@@ -210,7 +217,7 @@ class StageRunner:
                 if isinstance(res, BaseException):
                     etype, retryable = classify(res)
                     log.warning("asset %s stage %s attempt %d failed: %s: %s", tasks[i].sha256[:12], self.stage.name,
-                                attempts, etype, res)
+                                attempts, etype, _redact(str(res)))
                     if retryable and attempts < self.stage.max_attempts:
                         retry.append(i)
             pending = retry
@@ -229,8 +236,9 @@ class StageRunner:
             text = result.log_text if isinstance(result, StageError) else None
             if not isinstance(result, StageError):
                 text = "".join(traceback.format_exception(result))
-            rec.update(status="failed", error_type=etype, error=str(result)[:2000], retryable=retryable,
-                       log=(text or None) and text[-LOG_KEEP_CHARS:])
+            # Error texts and tool logs reach the catalog: no token or credential may ride along.
+            rec.update(status="failed", error_type=etype, error=_redact(str(result))[:2000], retryable=retryable,
+                       log=(text or None) and _redact(text[-LOG_KEEP_CHARS:]))
             row["failed"] |= self.bit
         else:
             rec.update(status="ok", uri=result.uri, bytes=int(result.bytes), metrics=dict(result.metrics))
@@ -245,6 +253,12 @@ class StageRunner:
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.close()
+
+
+def _redact(text: str) -> str:
+    from curation.errors import redact
+
+    return redact(text)
 
 
 def _loads(v: Any) -> dict:

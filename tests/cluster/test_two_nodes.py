@@ -146,4 +146,9 @@ def test_worker_node_killed_mid_run_job_completes(cluster, tmp_path):
     assert sum(r["ok"].get("voxelize", 0) for r in s["runs"]) == N
     # work after the kill happened on the head
     assert head.node_id in s["artifacts_per_node"]
-    print(f"worker killed after {done_at_kill} of {3 * N} records; restarts={s['restarts']}; per node {s['artifacts_per_node']}")
+    figures = {"records_at_kill": done_at_kill, "records_total": 3 * N, "job_restarts": s["restarts"],
+               "artifacts_per_node": s["artifacts_per_node"], "job_seconds": s["seconds"]}
+    print(json.dumps(figures))
+    from tests.reliability.figures import emit
+
+    emit("worker_kill", figures)

@@ -31,6 +31,7 @@ from catalogs.reconcile import audit
 from catalogs.store import TMP_MARK, Store
 from curation.sources.sample import SAMPLES
 from tests.cluster.loopback import REPO, LoopbackCluster
+from tests.reliability.figures import emit
 
 N = len(SAMPLES)
 STAGES = ("ingest", "normalize", "voxelize")
@@ -88,7 +89,10 @@ def test_ten_sigkills_of_the_driver_then_resume(head, tmp_path):
     out = subprocess.run(cmd, cwd=str(REPO), env=head.env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-4000:]
     final_s = time.monotonic() - t0
-    print(json.dumps({"kills": log, "final_resume_s": round(final_s, 1), "total_s": round(time.monotonic() - started, 1)}))
+    figures = {"kills": log, "final_resume_s": round(final_s, 1), "total_s": round(time.monotonic() - started, 1),
+               "assets": N, "stages": len(STAGES), "seed": SEED}
+    print(json.dumps(figures))
+    emit("crash", figures)
 
     killed_mid_run = [k for k in log if not k["exited_first"]]
     assert len(killed_mid_run) == KILLS
