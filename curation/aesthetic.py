@@ -198,7 +198,8 @@ class AestheticScorer:
 # -- the stage ---------------------------------------------------------------------------------------
 class AestheticStage(Stage):
     """Config: `clip_model` (local folder or hub id, default openai/clip-vit-large-patch14),
-    `mlp_weights` (path of sac+logos+ava1-l14-linearMSE.pth; required), `device`, `image_batch`
+    `mlp_weights` (path of sac+logos+ava1-l14-linearMSE.pth; required), `device`, `decode_threads`
+    (threads reading/decoding/preprocessing views, default min(16, CPUs)), `image_batch`
     (views per forward, default 64), `variant` (default laion_aesthetic_v2_vitl14), `num_gpus`
     (default 1 when a GPU is visible), `pretrained` (False for the tiny seeded test models)."""
 
