@@ -29,15 +29,17 @@ def _stack_rest(batch: Sequence[Dict[str, Any]], skip) -> Dict[str, Any]:
 def collate_sparse(batch: Sequence[Dict[str, Any]], key: str = "x_0") -> Dict[str, Any]:
     """``coords`` (N_i, 3) + ``feats`` (N_i, C) per sample -> one SparseTensor under ``key`` with int32
     rows ``[i, x, y, z]`` in batch order; other tensors stacked, lists concatenated, the rest listed."""
-    coords, feats = [], []
-    for i, b in enumerate(batch):
-        c = torch.as_tensor(b["coords"]).to(torch.int32)
-        coords.append(torch.cat([torch.full((c.shape[0], 1), i, dtype=torch.int32), c], dim=1))
-        feats.append(torch.as_tensor(b["feats"]))
-    sizes = [c.shape[0] for c in coords]
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    layout = [slice(s, s + n) for s, n in zip(starts, sizes)]
-    out = {key: SparseTensor(torch.cat(feats, 0), torch.cat(coords, 0), layout=layout)}
+    sizes = [len(b["coords"]) for b in batch]
+    total = sum(sizes)
+    coords = torch.empty(total, 4, dtype=torch.int32)
+    coords[:, 0] = torch.repeat_interleave(torch.arange(len(batch), dtype=torch.int32), torch.tensor(sizes))
+    layout, start = [], 0
+    for b, n in zip(batch, sizes):
+        coords[start:start + n, 1:] = torch.as_tensor(b["coords"])
+        layout.append(slice(start, start + n))
+        start += n
+    feats = torch.cat([torch.as_tensor(b["feats"]) for b in batch], 0)
+    out = {key: SparseTensor(feats, coords, layout=layout)}
     out.update(_stack_rest(batch, ("coords", "feats")))
     return out
 

@@ -64,8 +64,12 @@ class LatentNormalization:
     def to_dict(self) -> Dict[str, List[float]]:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
-    def __call__(self, feats: np.ndarray) -> np.ndarray:
-        return (feats - self.mean) / self.std
+    def __call__(self, feats):
+        """Normalised copy (numpy in, numpy out; a torch tensor is normalised in torch)."""
+        if isinstance(feats, torch.Tensor):
+            return (feats - torch.as_tensor(self.mean, device=feats.device)) / torch.as_tensor(self.std, device=feats.device)
+        return (torch.from_numpy(np.asarray(feats, np.float32)) - torch.from_numpy(self.mean)).div_(
+            torch.from_numpy(self.std)).numpy()
 
     def inverse(self, feats):
         if isinstance(feats, torch.Tensor):
@@ -163,7 +167,7 @@ class _ManifestDataset(Dataset):
     def __getitem__(self, index: int) -> Dict[str, Any]:
         idx = int(index)
         for attempt in range(self.max_retries):
-            rng = self.rng(int(index), attempt)
+            rng = _LazyRng(self, int(index), attempt)
             try:
                 sample = self.load(idx, rng)
                 sample["index"] = int(index)
@@ -174,6 +178,20 @@ class _ManifestDataset(Dataset):
                             type(e).__name__, e)
                 idx = int(rng.integers(len(self.rows)))
         raise RuntimeError(f"{self.max_retries} consecutive samples failed to load (last index {idx})")
+
+
+class _LazyRng:
+    """The per-(seed, epoch, index, attempt) generator, created only when a draw is needed."""
+
+    __slots__ = ("ds", "key", "_g")
+
+    def __init__(self, ds, index, attempt):
+        self.ds, self.key, self._g = ds, (index, attempt), None
+
+    def integers(self, *a, **k):
+        if self._g is None:
+            self._g = self.ds.rng(*self.key)
+        return self._g.integers(*a, **k)
 
 
 def _captions(value) -> List[str]:
@@ -214,10 +232,14 @@ class SLatDataset(_ManifestDataset):
         else:
             z = self.read_npz(row, "slat")
             c, f = z["coords"], z["feats"]
-        f = f.astype(np.float32, copy=False)
+        f = np.asarray(f, dtype=np.float32)
         if self.normalization is not None:
-            f = self.normalization(f)
-        sample = {"coords": torch.from_numpy(c.astype(np.int32)), "feats": torch.from_numpy(np.ascontiguousarray(f))}
+            f = np.subtract(f, self.normalization.mean)     # new array (inputs may be read-only shard views)
+            f /= self.normalization.std
+        elif not f.flags.writeable:
+            f = f.copy()
+        f = torch.from_numpy(f)
+        sample = {"coords": torch.from_numpy(c.astype(np.int32)), "feats": f}
         return self.add_cond(sample, row, rng)
 
 
