@@ -221,6 +221,11 @@ class Stage:
         """sha256 of the model weights this stage runs, or None for model-free stages."""
         return None
 
+    def model_info(self) -> dict[str, Any] | None:
+        """The model this stage runs, recorded by the driver in the catalog's `models` table:
+        {weights_sha256, config, source, pretrained, note}. None for model-free stages."""
+        return None
+
     def params_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.params)
 

@@ -273,15 +273,19 @@ class AestheticStage(Stage):
     def recipe_id(self) -> str:
         return hashlib.sha256(json.dumps(self.recipe(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def register(self, catalog, pretrained: bool | None = None, note: str | None = None) -> str:
-        """Record the recipe and weights in the catalog's `models` table; returns the weights hash."""
+    def model_info(self, pretrained: bool | None = None, note: str | None = None) -> dict[str, Any]:
+        """The recipe and weights for the catalog's `models` table (the driver records it)."""
         if pretrained is None:
             pretrained = bool(self.config.get("pretrained", True))
-        wh = self.weights_hash()
-        catalog.register_model(self.name, self.variant, wh, {**self.recipe(), "recipe_id": self.recipe_id()},
-                               source=self._paths()[0], pretrained=pretrained,
-                               note=note or (None if pretrained else "not pretrained: tiny seeded test models"))
-        return wh  # type: ignore[return-value]
+        return {"weights_sha256": self.weights_hash(), "config": {**self.recipe(), "recipe_id": self.recipe_id()},
+                "source": self._paths()[0], "pretrained": pretrained,
+                "note": note or (None if pretrained else "not pretrained: tiny seeded test models")}
+
+    def register(self, catalog, pretrained: bool | None = None, note: str | None = None) -> str:
+        """Record the recipe and weights in the catalog's `models` table; returns the weights hash."""
+        m = self.model_info(pretrained, note)
+        catalog.register_model(self.name, self.variant, m["weights_sha256"], m["config"], m["source"], m["pretrained"], m["note"])
+        return m["weights_sha256"]
 
     def setup(self) -> None:
         if self._scorer is None:

@@ -147,6 +147,17 @@ def reconcile(root: str, catalog: str | None) -> None:
     click.echo(format_table([summary]))
 
 
+@main.command()
+@click.option("--subset", required=True, help="A subset imported into the catalog, e.g. TRELLIS-500K.")
+@root_option
+@catalog_option
+def coverage(subset: str, root: str, catalog: str | None) -> None:
+    """Per source: listed, obtained, missing, failed by reason, for a named subset."""
+    from curation.subsets import coverage as subset_coverage, format_coverage
+
+    click.echo(format_coverage(subset_coverage(Catalog(catalog_path(root, catalog), read_only=True), subset), subset))
+
+
 @main.command("plan")
 @click.option("--spec", "spec_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Pipeline spec YAML.")
 @root_option

@@ -218,9 +218,8 @@ def _build(spec: PipelineSpec, store: Store, catalog: Catalog, started: float, a
 def register_models(catalog: Catalog, stages: Iterable[Stage]) -> None:
     """Record every model a stage runs (variant, weights hash, config, pretrained or not)."""
     for s in stages:
-        info = getattr(s, "model_info", None)
-        if callable(info):
-            m = info()
+        m = s.model_info()
+        if m:
             catalog.register_model(s.name, s.variant, m["weights_sha256"], m.get("config", {}), m.get("source", ""),
                                    bool(m.get("pretrained")), m.get("note"))
 

@@ -26,7 +26,7 @@ def catalog_root(tmp_path):
     return root
 
 
-@pytest.mark.parametrize("verb", ["build", "status", "query", "export", "reconcile"])
+@pytest.mark.parametrize("verb", ["build", "status", "query", "export", "reconcile", "coverage", "plan", "report"])
 def test_help(verb):
     result = CliRunner().invoke(main, [verb, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
