@@ -2,6 +2,7 @@
 
     python -m bench.reliability_figures            # crash + bad inputs (single node)
     python -m bench.reliability_figures --cluster  # also the two-node worker kill
+    python -m bench.reliability_figures --only bad_inputs
 
 Writes bench/results/reliability_faults.json (machine, date, versions, load average, figures).
 Timings on a shared 2-core machine depend on its load; the load average is recorded with them.
@@ -30,8 +31,9 @@ TESTS = {
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cluster", action="store_true", help="also run the two-node worker-kill test")
+    ap.add_argument("--only", choices=sorted(TESTS), action="append", help="run only these (repeatable)")
     args = ap.parse_args()
-    names = ["crash", "bad_inputs"] + (["worker_kill"] if args.cluster else [])
+    names = args.only or (["crash", "bad_inputs"] + (["worker_kill"] if args.cluster else []))
     out: dict = {"load_average_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as d:
         env = dict(os.environ, TRELLIS_RELIABILITY_FIGURES=d)
