@@ -127,7 +127,10 @@ def test_cluster_specs_parse_and_name_registered_stages():
     assert stages["voxelize"].resources.custom == {"render": 0.5}
     assert stages["normalize"].resources.num_cpus == 0.5  # the class default survives a custom-only override
     # placement is run-time config: it does not change fingerprints
-    plain = PipelineSpec.load(REPO / "ray_configs" / "specs" / "demo.yaml").build_stages()
+    raw = yaml.safe_load((CFG / "specs" / "sample_cluster.yaml").read_text())
+    for e in raw["stages"]:
+        e.pop("config", None)
+    plain = PipelineSpec.from_dict(raw).build_stages()
     from pipeline.spec import plan_stages
 
     assert [p.fingerprint for p in plan_stages(plain)] == [p.fingerprint for p in plan_stages(spec.build_stages())]
