@@ -35,7 +35,8 @@ def load_scene(path: Path, fmt: str):
         raise EmptyGeometry("file is empty")
     try:
         scene = trimesh.load(str(path), file_type=fmt, force="scene", process=False)
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError, EOFError, OSError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, AssertionError, UnicodeDecodeError, EOFError,
+            OSError) as exc:  # trimesh's parsers signal malformed files with any of these (e.g. short glTF buffers)
         raise CorruptFile(f"cannot parse {fmt} file: {type(exc).__name__}: {exc}") from None
     meshes = [g for g in scene.geometry.values() if isinstance(g, trimesh.Trimesh) and len(g.faces)]
     if not meshes:
