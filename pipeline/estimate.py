@@ -130,7 +130,8 @@ class StageMeasure:
 
     def per_core(self) -> float | None:
         """Assets/s per CPU core (declared CPUs)."""
-        return 1.0 / (self.seconds_mean * self.cpus) if self.seconds_mean > 0 and self.cpus > 0 and not self.gpus else None
+        on_cpu = not self.gpus or self.gpu_measured_on_cpu
+        return 1.0 / (self.seconds_mean * self.cpus) if self.seconds_mean > 0 and self.cpus > 0 and on_cpu else None
 
     def per_gpu(self) -> float | None:
         return 1.0 / (self.seconds_mean * self.gpus) if self.seconds_mean > 0 and self.gpus > 0 else None

@@ -18,8 +18,11 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.cluster
 def test_dashboard_usable_during_a_build(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}  # our own loopback test cluster
-    res = subprocess.run([sys.executable, str(Path(__file__).with_name("dashboard_probe.py")),
-                          str(REPO / "ray_configs/specs/demo.yaml"), str(tmp_path / "store")],
+    from tests.foundation.helpers import THIN_SLICE, spec, write_spec
+
+    path = write_spec(tmp_path / "thin.yaml", spec(THIN_SLICE))
+    res = subprocess.run([sys.executable, str(Path(__file__).with_name("dashboard_probe.py")), str(path),
+                          str(tmp_path / "store")],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     assert lines, res.stdout[-2000:] + res.stderr[-2000:]
