@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= render,sources,s3,report,dev
 
-.PHONY: demo test test-cluster bench sysdeps venv clean
+.PHONY: demo test bench sysdeps venv clean
 
 venv: $(STAMP)
 
