@@ -63,10 +63,17 @@ def _read_parquets(store: Store, prefix: str) -> pa.Table | None:
     return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
+def ply_vertex_count(header: bytes) -> int:
+    """Vertex count from a PLY header, so reconcile can restore `num_voxels` without the body."""
+    end = header.find(b"end_header")
+    for line in header[:end].decode("ascii", "replace").splitlines():
+        if line.startswith("element vertex"):
+            return int(line.split()[2])
+    raise ValueError("no vertex element in PLY header")
+
+
 def _file_metrics(store: Store, art: StoreArtifact) -> dict:
     if art.stage == "voxelize":
-        from encode.plyio import ply_vertex_count
-
         with store.open(art.rel) as f:
             return {"num_voxels": ply_vertex_count(f.read(4096))}
     if art.stage == "ingest":

@@ -31,12 +31,3 @@ def read_points_ply(data: bytes | str | Path) -> np.ndarray:
     if len(body) != n * 12:
         raise ValueError(f"PLY body has {len(body)} bytes, expected {n * 12}")
     return np.frombuffer(body, dtype="<f4").reshape(n, 3).copy()
-
-
-def ply_vertex_count(data: bytes) -> int:
-    """Vertex count from a PLY header (used by reconcile without reading the body)."""
-    end = data.find(b"end_header")
-    for line in data[:end].decode("ascii", "replace").splitlines():
-        if line.startswith("element vertex"):
-            return int(line.split()[2])
-    raise ValueError("no vertex element in PLY header")
