@@ -206,26 +206,34 @@ def upsert_batch(con_catalog: Catalog, size: int, seed: int) -> Any:
 
 
 def time_upserts(catalog: Catalog, sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
+    """Upserts as a build does them: one held writer connection, batch after batch.
+
+    The first batch of a build pays for loading the touched parts of the primary-key index; it is
+    reported separately (`first_batch`), the rate is the steady state after it.
+    """
     from catalogs.catalog import ARTIFACT_SCHEMA
 
     out: dict[str, Any] = {}
     seed = 0
-    for size in sizes:
-        runs = []
-        for _ in range(repeats):
-            seed += 1
-            table = upsert_batch(catalog, size, seed).cast(ARTIFACT_SCHEMA)
-            records = table.to_pylist()  # the executor's path: dicts -> artifact_table -> upsert
-            with catalog.writing():  # a build holds one writer connection (index loaded once)
-                catalog.upsert_artifacts(records[:1])  # the index load happens once per build, not per batch
+    with catalog.writing():
+        seed += 1
+        warm = upsert_batch(catalog, 10_000, seed).cast(ARTIFACT_SCHEMA).to_pylist()
+        t0 = time.perf_counter()
+        catalog.upsert_artifacts(warm)
+        out["first_batch"] = {"records": len(warm), "seconds": round(time.perf_counter() - t0, 3)}
+        for size in sizes:
+            runs = []
+            for _ in range(repeats):
+                seed += 1
+                records = upsert_batch(catalog, size, seed).cast(ARTIFACT_SCHEMA).to_pylist()  # the executor's path
                 t0 = time.perf_counter()
                 n = catalog.upsert_artifacts(records)
                 dt = time.perf_counter() - t0
-            runs.append({"records": n, "seconds": round(dt, 3), "records_per_s": round(n / dt)})
-        best = max(r["records_per_s"] for r in runs)
-        out[str(size)] = {"runs": runs, "best_records_per_s": best,
-                          "median_records_per_s": sorted(r["records_per_s"] for r in runs)[len(runs) // 2],
-                          "us_per_record": round(1e6 / best, 3)}
+                runs.append({"records": n, "seconds": round(dt, 3), "records_per_s": round(n / dt)})
+            best = max(r["records_per_s"] for r in runs)
+            out[str(size)] = {"runs": runs, "best_records_per_s": best,
+                              "median_records_per_s": sorted(r["records_per_s"] for r in runs)[len(runs) // 2],
+                              "us_per_record": round(1e6 / best, 3)}
     return out
 
 
@@ -269,8 +277,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "plan_10M_max_s": GOAL_PLAN_10M_S, "upsert_min_records_per_s": GOAL_UPSERT_PER_S,
         "plan_10M_s": figures["sizes"].get("10000000", {}).get("plan", {}).get("best_s"),
         "plan_10M_met": (figures["sizes"]["10000000"]["plan"]["best_s"] <= GOAL_PLAN_10M_S) if "10000000" in figures["sizes"] else None,
-        "upsert_best_records_per_s": {k: v["best_records_per_s"] for k, v in biggest["upsert"].items()},
-        "upsert_met_at_largest_catalog": {k: v["best_records_per_s"] >= GOAL_UPSERT_PER_S for k, v in biggest["upsert"].items()},
+        "upsert_best_records_per_s": {k: v["best_records_per_s"] for k, v in biggest["upsert"].items() if k != "first_batch"},
+        "upsert_met_at_largest_catalog": {k: v["best_records_per_s"] >= GOAL_UPSERT_PER_S
+                                          for k, v in biggest["upsert"].items() if k != "first_batch"},
     }
     out = write_result("catalog_scale", figures, args.out)
     print(f"wrote {out}", file=sys.stderr)

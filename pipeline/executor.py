@@ -179,40 +179,35 @@ def build(spec: PipelineSpec, store_url: str, catalog_path: str, *, address: str
     store = Store(store_url, **storage_options)
     catalog = Catalog(catalog_path)
     with catalog.writing():  # the driver is the single writer for the whole build
-        return _build(spec, store, catalog, started, address, num_cpus, selection, retry_failed, storage_options, progress)
-
-
-def _build(spec: PipelineSpec, store: Store, catalog: Catalog, started: float, address: str | None, num_cpus: int | None,
-           selection: str | None, retry_failed: bool, storage_options: dict[str, Any], progress: bool) -> BuildReport:
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    if catalog.mark_interrupted_runs():
-        log.info("a previous build was interrupted; resuming from the catalog and the store")
-    swept = store.sweep_temporaries()
-    if swept:
-        log.info("removed %d temporary files left by an interrupted run", swept)
-    n_assets = import_sources(catalog, spec.sources)
-    stages = spec.build_stages()
-    planned = plan_stages(stages)
-    register_models(catalog, stages)
-    todo = plan(catalog, planned, selection or spec.selection, retry_failed=retry_failed)
-    counts = {p.name: int(((todo.column("todo").to_numpy() >> i) & 1).sum()) if todo.num_rows else 0
-              for i, p in enumerate(planned)}
-    report = BuildReport(run_id, counts, swept_temporaries=swept)
-    log.info("%d assets listed; plan: %s", n_assets, ", ".join(f"{k}={v}" for k, v in counts.items()))
-    if not todo.num_rows:
-        report.seconds = time.monotonic() - started
+        run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        if catalog.mark_interrupted_runs():
+            log.info("a previous build was interrupted; resuming from the catalog and the store")
+        swept = store.sweep_temporaries()
+        if swept:
+            log.info("removed %d temporary files left by an interrupted run", swept)
+        n_assets = import_sources(catalog, spec.sources)
+        stages = spec.build_stages()
+        planned = plan_stages(stages)
+        register_models(catalog, stages)
+        todo = plan(catalog, planned, selection or spec.selection, retry_failed=retry_failed)
+        counts = {p.name: int(((todo.column("todo").to_numpy() >> i) & 1).sum()) if todo.num_rows else 0
+                  for i, p in enumerate(planned)}
+        report = BuildReport(run_id, counts, swept_temporaries=swept)
+        log.info("%d assets listed; plan: %s", n_assets, ", ".join(f"{k}={v}" for k, v in counts.items()))
+        if not todo.num_rows:
+            report.seconds = time.monotonic() - started
+            return report
+        catalog.start_run(run_id, spec.to_dict(), counts, platform.node(), versions())
+        status = "failed"
+        try:
+            init_ray(address, num_cpus or spec.execution.get("num_cpus"))
+            _stream(spec, stages, planned, todo, catalog, store, run_id, report, storage_options, progress)
+            status = "finished"
+        finally:
+            report.seconds = time.monotonic() - started
+            catalog.finish_run(run_id, status, {"planned": report.planned, "ok": report.ok, "failed": report.failed,
+                                                "seconds": report.seconds})
         return report
-    catalog.start_run(run_id, spec.to_dict(), counts, platform.node(), versions())
-    status = "failed"
-    try:
-        init_ray(address, num_cpus or spec.execution.get("num_cpus"))
-        _stream(spec, stages, planned, todo, catalog, store, run_id, report, storage_options, progress)
-        status = "finished"
-    finally:
-        report.seconds = time.monotonic() - started
-        catalog.finish_run(run_id, status, {"planned": report.planned, "ok": report.ok, "failed": report.failed,
-                                            "seconds": report.seconds})
-    return report
 
 
 def register_models(catalog: Catalog, stages: Iterable[Stage]) -> None:
