@@ -6,7 +6,6 @@ rule in `encode.normalize`. Files are untrusted, so this stage runs isolated (ki
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

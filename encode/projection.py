@@ -15,7 +15,6 @@ Everything is torch so the same code runs on the GPU next to the model.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -107,8 +106,3 @@ def token_grid(image_size: int, patch_size: int) -> int:
     if image_size % patch_size:
         raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
     return image_size // patch_size
-
-
-def fov_of_focal(f: float) -> float:
-    """Inverse of f = 0.5 / tan(fov / 2) (used by tests and tools)."""
-    return 2.0 * math.atan(0.5 / f)

@@ -36,7 +36,6 @@ log = logging.getLogger("trellis_data.runner")
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 LOG_KEEP_CHARS = 64_000
-ROW_FIELDS = ("sha256", "todo", "asset", "inputs", "attempts", "records", "failed")
 
 
 def backoff_s(attempt: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S) -> float:

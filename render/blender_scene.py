@@ -28,6 +28,7 @@ import numpy as np
 from mathutils import Matrix, Vector
 
 from encode.normalize import normalization_transform
+from render.cameras import lens_mm
 
 WORLD_GREY = 0.050876
 """Background colour of Blender's factory world (the reference leaves it on, G3)."""
@@ -518,7 +519,7 @@ def render_asset(job: dict[str, Any]) -> dict[str, Any]:
         for i, view in enumerate(job["views"]):
             tv = time.perf_counter()
             cam.location = tuple(float(x) for x in view["position"])
-            cam.data.lens = (cam.data.sensor_width / 2.0) / math.tan(float(view["fov"]) / 2.0)
+            cam.data.lens = lens_mm(float(view["fov"]), cam.data.sensor_width)
             bpy.context.view_layer.update()
             matrices.append(_c2w(cam))
             if fo is not None:
