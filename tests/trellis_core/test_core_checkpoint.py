@@ -5,23 +5,13 @@ import pytest
 import torch
 
 import trellis_core
-from trellis_core import (HubDownloadError, SLatEncoder, SparseTensor, from_pretrained, save_pretrained,
+from trellis_core import (HubDownloadError, SLatEncoder, from_pretrained, save_pretrained,
                           weights_sha256)
 from trellis_core.models import TINY_CONFIGS
 from trellis_core.pipeline import TrellisPipeline
 from trellis_core.samplers import FlowEulerGuidanceIntervalSampler, FlowEulerSampler, timesteps
 
 TINY = TINY_CONFIGS
-
-
-def _sparse(c, res=16, n=(30, 20), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    cs = []
-    for b, m in enumerate(n):
-        idx = torch.randperm(res ** 3, generator=g)[:m].sort().values
-        cs.append(torch.stack([torch.full((m,), b), idx // res ** 2, (idx // res) % res, idx % res], 1))
-    coords = torch.cat(cs).int()
-    return SparseTensor(torch.randn(coords.shape[0], c, generator=g), coords)
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
