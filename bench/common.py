@@ -51,8 +51,14 @@ def git_commit() -> dict[str, Any]:
         except (OSError, subprocess.CalledProcessError):
             return None
 
+    commit = git("rev-parse", "HEAD")
+    if commit is None and os.environ.get("BENCH_GIT_COMMIT"):
+        # The GPU machine gets a copy of the working tree without .git: the caller passes the commit
+        # of the clean tree it sent (BENCH_GIT_COMMIT=$(git rev-parse HEAD), BENCH_GIT_DIRTY=0).
+        return {"commit": os.environ["BENCH_GIT_COMMIT"], "dirty": os.environ.get("BENCH_GIT_DIRTY", "1") != "0",
+                "from": "environment"}
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
 def package_versions(extra: Iterable[str] = ()) -> dict[str, str]:
