@@ -29,9 +29,7 @@ from mathutils import Matrix, Vector
 
 from encode.normalize import normalization_transform
 from render.cameras import lens_mm
-
-WORLD_GREY = 0.050876
-"""Background colour of Blender's factory world (the reference leaves it on, G3)."""
+from render.scene_spec import LIGHTS, WORLD_GREY
 
 FORMATS = ("glb", "gltf", "obj", "fbx", "ply", "stl", "blend", "usd", "usda", "usdc", "usdz", "abc", "dae")
 GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "META", "FONT"}
@@ -306,27 +304,30 @@ def add_camera():
 
 
 def add_lights() -> None:
+    """The three reference lights of `render.scene_spec.LIGHTS`."""
     scene = bpy.context.scene
-
-    def light(name, kind, energy, loc, scale=None):
-        data = bpy.data.lights.new(name, kind)
-        data.energy = energy
-        obj = bpy.data.objects.new(name, data)
-        obj.location = loc
-        if scale is not None:
-            obj.scale = scale
+    for spec in LIGHTS:
+        data = bpy.data.lights.new(spec.name, spec.kind)
+        data.energy = spec.watts
+        obj = bpy.data.objects.new(spec.name, data)
+        obj.location = spec.location
+        obj.scale = (spec.scale, spec.scale, spec.scale)
         scene.collection.objects.link(obj)
-
-    light("Default_Light", "POINT", 1000.0, (4.0, 1.0, 6.0))
-    light("Top_Light", "AREA", 10000.0, (0.0, 0.0, 10.0), (100.0, 100.0, 100.0))
-    light("Bottom_Light", "AREA", 1000.0, (0.0, 0.0, -10.0))  # faces away from the object (G3)
 
 
 def ensure_world() -> None:
+    """The factory world when the scene has none: uniform WORLD_GREY radiance (strength 1).
+
+    A new world in bpy 5 has a node tree whose Background colour (0.05) wins over `world.color`,
+    so both are set (measured: `render.calibration` reads the world's radiance back)."""
     scene = bpy.context.scene
     if scene.world is None:
         world = bpy.data.worlds.new("World")
         world.color = (WORLD_GREY, WORLD_GREY, WORLD_GREY)
+        for node in (world.node_tree.nodes if world.node_tree else ()):
+            if node.type == "BACKGROUND":
+                node.inputs["Color"].default_value = (WORLD_GREY, WORLD_GREY, WORLD_GREY, 1.0)
+                node.inputs["Strength"].default_value = 1.0
         scene.world = world
 
 
@@ -381,6 +382,7 @@ def apply_settings(job: dict[str, Any], is_blend: bool) -> dict[str, Any]:
         c = scene.cycles
         settings["device"] = _set_device(job.get("device", "CPU"))
         c.samples = int(job["samples"])
+        c.seed = int(job.get("seed", 0))
         c.use_denoising = bool(job["denoise"])
         if job["denoise"]:
             c.denoiser = "OPENIMAGEDENOISE"
@@ -390,7 +392,7 @@ def apply_settings(job: dict[str, Any], is_blend: bool) -> dict[str, Any]:
         c.glossy_bounces = 1
         c.transparent_max_bounces = 3
         c.transmission_bounces = 3
-        settings.update(samples=c.samples, denoise=bool(c.use_denoising),
+        settings.update(samples=c.samples, seed=c.seed, denoise=bool(c.use_denoising),
                         denoiser=c.denoiser if c.use_denoising else None,
                         pixel_filter_type=c.pixel_filter_type, filter_width=c.filter_width,
                         adaptive_sampling=bool(c.use_adaptive_sampling),
