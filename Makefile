@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= render,sources,s3,report,dev
+EXTRAS ?= render,gpu_render,sources,s3,report,dev
 
 .PHONY: demo test bench sysdeps venv clean
 

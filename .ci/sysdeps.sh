@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# System libraries the Python wheels need (open3d: libusb; bpy/EGL: X/GL libs; report tests: chromium).
+# System libraries the Python wheels need (open3d: libusb; bpy/EGL: X/GL libs; Mitsuba's LLVM backend:
+# libLLVM 19, bookworm's default 14/15 crash it; report tests: chromium).
 set -euo pipefail
-pkgs="libusb-1.0-0 libxrender1 libxi6 libxkbcommon0 libsm6 libxext6 libxfixes3 libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri"
+pkgs="libusb-1.0-0 libxrender1 libxi6 libxkbcommon0 libsm6 libxext6 libxfixes3 libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri libllvm19"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

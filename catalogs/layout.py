@@ -40,6 +40,11 @@ def meshes(sha256: str) -> str:
     return f"meshes/{check_sha(sha256)}.ply"
 
 
+def canonical(sha256: str) -> str:
+    """Canonical normalized form of an asset for the GPU render tier: model.glb, mesh.ply, canonical.json."""
+    return f"canonical/{check_sha(sha256)}"
+
+
 def renders(sha256: str) -> str:
     return f"renders/{check_sha(sha256)}"
 

@@ -11,6 +11,7 @@ STAGES: dict[str, str] = {
     "ingest": "curation.ingest:IngestStage",
     "normalize": "encode.mesh:NormalizeStage",
     "voxelize": "encode.voxelize:VoxelizeStage",
+    "canonical": "render.canonical:CanonicalStage",
     "render": "render.stages:RenderStage",
     "render_cond": "render.stages:RenderCondStage",
     "features": "encode.features:FeatureStage",

@@ -132,6 +132,10 @@ def _handle(job: dict[str, Any]) -> dict[str, Any]:
         from render import blender_scene  # noqa: PLC0415
 
         return blender_scene.render_asset(job)
+    if kind == "canonical":
+        from render import blender_canonical  # noqa: PLC0415
+
+        return blender_canonical.canonical_asset(job)
     if kind == "sleep":  # diagnostics: simulates a job that hangs
         print(f"sleep job: {job.get('seconds', 3600)} s", flush=True)
         time.sleep(float(job.get("seconds", 3600)))
