@@ -76,7 +76,12 @@ class Loaded:
     scene: Any
     notes: list[str]
     upload_s: float
+    """read_s + build_s."""
     n_parts: int
+    read_s: float = 0.0
+    """Reading the GLB into numpy (decode textures)."""
+    build_s: float = 0.0
+    """Building the Mitsuba scene: meshes and textures onto the device, BVH."""
 
 
 @dataclass
@@ -135,10 +140,12 @@ class MitsubaEngine:
 
         t0 = time.perf_counter()
         asset = gltf_read.read_glb(glb)
+        t1 = time.perf_counter()
         scene, notes = mitsuba_scene.scene(self.mi, asset, self.integrator(), world_rgb or (WORLD_GREY,) * 3)
         self.dr.eval()
         self.dr.sync_thread()
-        return Loaded(scene, notes, time.perf_counter() - t0, len(asset.parts))
+        t2 = time.perf_counter()
+        return Loaded(scene, notes, t2 - t0, len(asset.parts), read_s=t1 - t0, build_s=t2 - t1)
 
     def views_per_launch(self, n: int, resolution: int, spp: int) -> int:
         per_view = resolution * resolution * spp

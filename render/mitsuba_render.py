@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from catalogs.stage import CorruptFile
 from render import cameras
+from render.gltf_read import GltfError
 from render.mitsuba_engine import MitsubaEngine, Settings, quantize, to_display
 from render.stages import MITSUBA_DEVICES
 
@@ -62,7 +64,10 @@ def render_canonical(stage, files: dict[str, Path], plan: cameras.CameraPlan, wh
     out_dir.mkdir(parents=True, exist_ok=True)
     gpu0 = gpu_used_bytes() if eng.device == "cuda" else None
     t0 = time.perf_counter()
-    loaded = eng.load(files["model.glb"], record.get("world_color"))
+    try:
+        loaded = eng.load(files["model.glb"], record.get("world_color"))
+    except GltfError as exc:
+        raise CorruptFile(f"canonical GLB unreadable: {exc}") from exc
     views = [plan.views[i] for i in which]
     batch = eng.render(loaded, [v.c2w for v in views], [v.fov for v in views], resolution=p.resolution,
                        spp=p.samples, seed=stage.sampling_seed)
