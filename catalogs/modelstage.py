@@ -28,6 +28,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
+from catalogs.layout import check_name
 from catalogs.stage import ModelConfigMismatch, Stage, StageError, WeightsMismatch
 
 log = logging.getLogger("trellis_data.models")
@@ -71,8 +72,6 @@ class ModelStage(Stage):
     def model_name(self) -> str:
         explicit = self.params.name
         if explicit:
-            from catalogs.layout import check_name
-
             return check_name(explicit)
         return self.models[self.main_param].default_name(getattr(self.params, self.main_param))
 
