@@ -188,8 +188,8 @@ def bench_aesthetic(n_assets: int = 0, batch: int = 64, precision: str = "fp32")
             for v in range(8):
                 store.write_bytes(f"renders/{sha}/{v:03d}.png", views[(a + v) % 8])
             tasks.append(AssetTask(sha256=sha, asset={}, inputs={"render": ArtifactRef(uri=store.uri(f"renders/{sha}"))}))
-        stage = AestheticStage({"n_views": 4, "precision": precision}, {"clip_model": str(d / "clip"), "mlp_weights": str(d / "mlp.pth"),
-                                                "image_batch": batch, "num_gpus": 1 if gpu else 0})
+        stage = AestheticStage({"n_views": 4, "precision": precision, "model": str(d / "clip"), "head": str(d / "mlp.pth")},
+                               {"image_batch": batch})
         t = time.perf_counter()
         stage.setup()
         out["setup_s"] = round(time.perf_counter() - t, 2)
@@ -197,7 +197,7 @@ def bench_aesthetic(n_assets: int = 0, batch: int = 64, precision: str = "fp32")
         stage.run_batch(tasks[:2], ctx)  # warm-up
         # model only
         x = np.zeros((batch, 3, 224, 224), np.float32)
-        sc = stage._scorer
+        sc = stage.model
         for _ in range(2):
             sc.head(sc.embed(x))
         if gpu:

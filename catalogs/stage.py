@@ -78,6 +78,12 @@ class ModelConfigMismatch(StageError):
     error_type = "model_config_mismatch"
 
 
+class WeightsMismatch(StageError):
+    """The weights a worker loaded do not hash to the hash its stage was fingerprinted with."""
+
+    error_type = "weights_mismatch"
+
+
 class StageTimeout(StageError):
     error_type = "timeout"
     retryable = True
@@ -220,6 +226,11 @@ class Stage:
     def weights_hash(self) -> str | None:
         """sha256 of the model weights this stage runs, or None for model-free stages."""
         return None
+
+    def pins(self) -> dict[str, Any]:
+        """Config entries the planner resolved for the workers (e.g. a model's pinned Hub revision and
+        weights hash); the executor adds them to the config every worker builds the stage with."""
+        return {}
 
     def model_info(self) -> dict[str, Any] | None:
         """The model this stage runs, recorded by the driver in the catalog's `models` table:

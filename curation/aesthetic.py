@@ -11,7 +11,10 @@ L2-normalise, and apply the MLP:
 loaded by its own key names from `sac+logos+ava1-l14-linearMSE.pth`. The asset's score is the mean
 over `n_views` renders chosen evenly from `renders/<sha>/NNN.png` (indices round(k*N/n_views)).
 The recipe (views rule, background, resolution, preprocessing, both models' weight hashes) is
-recorded in the `models` table and its id in every record, so any score can be reproduced. The
+recorded in the `models` table and its id in every record, so any score can be reproduced. Models
+follow the convention of every model stage (catalogs.modelstage): the params `model` (CLIP) and
+`head` (the MLP weights) are locations, replaced in the fingerprint by the weights' hashes; `name` is
+the variant; `precision` the arithmetic. `tiny:clip` + `tiny:aesthetic_head` are the tiny seeded pair. The
 published score of the source listing stays in `assets.aesthetic_score`; this stage's score is the
 artifact metric `score`.
 """
@@ -22,7 +25,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,28 +33,24 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from catalogs.layout import check_name, check_sha
+from catalogs.layout import check_sha
+from catalogs.modelstage import ModelStage
 from catalogs.stage import (
     AssetTask,
     CorruptFile,
     MissingUpstream,
     ModelConfigMismatch,
     Resources,
-    Stage,
     StageContext,
     StageResult,
 )
+from trellis_core.locations import FILE, TRANSFORMERS
+from trellis_core.models.tiny import TINY_CLIP, TinyKind, register_tiny
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 MLP_KEYS = ("layers.0", "layers.2", "layers.4", "layers.6", "layers.7")
-
-
-def _gpu_visible() -> bool:
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
-        return False
-    return shutil.which("nvidia-smi") is not None
+MLP_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 
 
 # -- the MLP head ----------------------------------------------------------------------------------
@@ -88,33 +86,24 @@ def load_mlp(path: str | os.PathLike):
     return mlp.eval()
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 20):
-            h.update(b)
-    return h.hexdigest()
+TINY_HEAD_BIAS = 5.0
+"""Output bias of the tiny head, so its scores sit in the LAION predictor's 1-10 range like real ones."""
 
 
-def clip_folder(clip_model: str) -> Path:
-    """A local folder of the CLIP model: the path itself, or the hub snapshot of a repo id."""
-    p = Path(clip_model).expanduser()
-    if p.is_dir():
-        return p
-    from huggingface_hub import snapshot_download
+def _write_tiny_head(dest: Path, seed: int, in_dim: int = TINY_CLIP["projection_dim"]) -> Path:
+    import torch
 
-    return Path(snapshot_download(clip_model, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mlp = build_mlp(in_dim)
+    with torch.no_grad():
+        mlp.layers[-1].bias.fill_(TINY_HEAD_BIAS)
+    torch.save(mlp.state_dict(), dest)
+    return dest
 
 
-def clip_weights_sha256(folder: Path) -> str:
-    """sha256 over the weight files of a model folder (name + content hash, sorted)."""
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-    if not files:
-        raise ModelConfigMismatch(f"no weight files in {folder}")
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode() + b"\0" + file_sha256(p).encode() + b"\n")
-    return h.hexdigest()
+register_tiny("aesthetic_head", TinyKind("file", "aesthetic_head_tiny", _write_tiny_head,
+                                         {"in_dim": TINY_CLIP["projection_dim"], "bias": TINY_HEAD_BIAS}))
 
 
 # -- views and preprocessing ------------------------------------------------------------------------
@@ -146,31 +135,25 @@ def preprocess(img: Image.Image, resolution: int, background: Sequence[int]) -> 
 class AestheticScorer:
     """CLIP + MLP loaded once; `score(images)` -> (per-image scores, normalised embeddings)."""
 
-    def __init__(self, clip_model: str, mlp_path: str, device: str | None = None, resolution: int = 0,
+    def __init__(self, clip_folder: str | os.PathLike, mlp_path: str | os.PathLike, device, resolution: int = 0,
                  background: Sequence[int] = (255, 255, 255), precision: str = "fp32") -> None:
-        import torch
         from transformers import CLIPModel
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        folder = clip_folder(clip_model)
-        self.clip = CLIPModel.from_pretrained(str(folder)).eval().to(self.device)
+        self.device = device
+        self.clip = CLIPModel.from_pretrained(str(clip_folder)).eval().to(self.device)
         self.mlp = load_mlp(mlp_path).to(self.device)
         proj = int(self.clip.config.projection_dim)
         if self.mlp.layers[0].in_features != proj:
             raise ModelConfigMismatch(f"MLP expects {self.mlp.layers[0].in_features}-d embeddings, CLIP gives {proj}")
         self.resolution = int(resolution or self.clip.config.vision_config.image_size)
         self.background = tuple(int(c) for c in background)
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
         self.precision = precision
-        self.clip_sha256 = clip_weights_sha256(folder)
-        self.mlp_sha256 = file_sha256(mlp_path)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        dev = "cuda" if str(self.device).startswith("cuda") else "cpu"
-        with torch.inference_mode(), torch.autocast(dev, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with torch.inference_mode(), torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16,
+                                                    enabled=self.precision == "bf16"):
             x = torch.from_numpy(batch).to(self.device)
             out = self.clip.get_image_features(pixel_values=x)
             emb = out if isinstance(out, torch.Tensor) else out.pooler_output  # transformers 5.x: an output object
@@ -196,65 +179,48 @@ class AestheticScorer:
 
 
 # -- the stage ---------------------------------------------------------------------------------------
-class AestheticStage(Stage):
-    """Config: `clip_model` (local folder or hub id, default openai/clip-vit-large-patch14),
-    `mlp_weights` (path of sac+logos+ava1-l14-linearMSE.pth; required), `device`, `decode_threads`
-    (threads reading/decoding/preprocessing views, default min(16, CPUs)), `image_batch`
-    (views per forward, default 64), `variant` (default laion_aesthetic_v2_vitl14), `num_gpus`
-    (default 1 when a GPU is visible), `pretrained` (False for the tiny seeded test models)."""
+class AestheticStage(ModelStage):
+    """Params: `model` (CLIP: a transformers folder, a Hub id or `tiny:clip`), `head` (the MLP weights:
+    a file, `<owner>/<repo>[@revision]/<file>` on the Hub or `tiny:aesthetic_head`), `name` (the
+    variant), `precision`, and the recipe (`n_views`, `background`, `resolution`).
+    Config: `device`, `decode_threads` (threads reading/decoding/preprocessing views, default
+    min(16, CPUs)), `image_batch` (views per forward, default 64)."""
 
     name = "aesthetic"
     version = "1"
     upstream = ("render",)
     batch_size = 32
     timeout_s = 1800.0
-    resources = Resources(num_cpus=1.0)
+    resources = Resources(num_cpus=1.0, num_gpus=1.0)
+    models = {"model": TRANSFORMERS, "head": FILE}
+    precisions = ("fp32", "bf16")
 
     @dataclass(frozen=True)
     class Params:
+        model: str = "openai/clip-vit-large-patch14"
+        head: str = f"camenduru/improved-aesthetic-predictor/{MLP_FILE}"
+        name: str = "laion_aesthetic_v2_vitl14"
+        precision: str = "fp32"
+        """CLIP forward in fp32, or under bf16 autocast (faster on GPUs; scores differ slightly)."""
         n_views: int = 4
         background: tuple[int, int, int] = (255, 255, 255)
         resolution: int = 0
         """CLIP input size; 0 = the model's own (224 for ViT-L/14)."""
-        precision: str = "fp32"
-        """CLIP forward in fp32, or under bf16 autocast (faster on GPUs; scores differ slightly)."""
+
+    MOVED = {"clip_model": "model", "mlp_weights": "head", "variant": "name"}
+    """Config keys of an older layout and the params that hold them now."""
 
     def __init__(self, params: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None, **kw: Any):
         params = dict(params or {})
         if "background" in params:
             params["background"] = tuple(int(c) for c in params["background"])
+        moved = sorted(set(config or {}) & set(self.MOVED))
+        if moved:
+            raise ValueError(f"stage aesthetic: config {moved} are params now: "
+                             + ", ".join(f"{k} -> params.{self.MOVED[k]}" for k in moved))
         super().__init__(params, config, **kw)
-        gpus = self.config.get("num_gpus")
-        if gpus is None:
-            gpus = 1.0 if _gpu_visible() else 0.0
-        if gpus:
-            self.resources = Resources(num_cpus=1.0, num_gpus=float(gpus))
-        self._scorer: AestheticScorer | None = None
-        self._hashes: tuple[str, str] | None = None
-
-    @property
-    def variant(self) -> str:
-        return check_name(self.config.get("variant", "laion_aesthetic_v2_vitl14"))
-
-    def _paths(self) -> tuple[str, str]:
-        mlp = self.config.get("mlp_weights")
-        if not mlp:
-            raise ModelConfigMismatch("aesthetic stage needs config.mlp_weights (path of sac+logos+ava1-l14-linearMSE.pth)")
-        return str(self.config.get("clip_model", DEFAULT_CLIP)), str(mlp)
-
-    def model_hashes(self) -> tuple[str, str]:
-        if self._hashes is None:
-            clip, mlp = self._paths()
-            self._hashes = (clip_weights_sha256(clip_folder(clip)), file_sha256(mlp))
-        return self._hashes
-
-    def weights_hash(self) -> str | None:
-        c, m = self.model_hashes()
-        return hashlib.sha256(f"clip:{c};mlp:{m}".encode()).hexdigest()
 
     def recipe(self) -> dict[str, Any]:
-        clip, mlp = self._paths()
-        c, m = self.model_hashes()
         p = asdict(self.params)
         return {
             "views": {"n_views": p["n_views"], "rule": "sorted renders/<sha>/NNN.png, index round(k*N/n_views)",
@@ -265,35 +231,22 @@ class AestheticStage(Stage):
                            "mean": CLIP_MEAN, "std": CLIP_STD},
             "embedding": "CLIPModel.get_image_features().pooler_output, L2-normalised",
             "precision": p["precision"],
-            "clip_model": clip, "clip_weights_sha256": c,
-            "mlp": Path(mlp).name, "mlp_weights_sha256": m, "mlp_keys": list(MLP_KEYS),
-            "stage_version": self.version,
+            "clip_model": self.model_ref("model").source, "clip_weights_sha256": self.model_ref("model").weights_sha256(),
+            "mlp": self.model_ref("head").source, "mlp_weights_sha256": self.model_ref("head").weights_sha256(),
+            "mlp_keys": list(MLP_KEYS), "stage_version": self.version,
         }
 
     def recipe_id(self) -> str:
         return hashlib.sha256(json.dumps(self.recipe(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def model_info(self, pretrained: bool | None = None, note: str | None = None) -> dict[str, Any]:
-        """The recipe and weights for the catalog's `models` table (the driver records it)."""
-        if pretrained is None:
-            pretrained = bool(self.config.get("pretrained", True))
-        return {"weights_sha256": self.weights_hash(), "config": {**self.recipe(), "recipe_id": self.recipe_id()},
-                "source": self._paths()[0], "pretrained": pretrained,
-                "note": note or (None if pretrained else "not pretrained: tiny seeded test models")}
+    def model_info(self) -> dict[str, Any]:
+        """The `models` row: both weights, and the recipe (with its id) as the config."""
+        return {**super().model_info(), "config": {**self.recipe(), "recipe_id": self.recipe_id()}}
 
-    def register(self, catalog, pretrained: bool | None = None, note: str | None = None) -> str:
-        """Record the recipe and weights in the catalog's `models` table; returns the weights hash."""
-        m = self.model_info(pretrained, note)
-        catalog.register_model(self.name, self.variant, m["weights_sha256"], m["config"], m["source"], m["pretrained"], m["note"])
-        return m["weights_sha256"]
-
-    def setup(self) -> None:
-        if self._scorer is None:
-            clip, mlp = self._paths()
-            self._scorer = AestheticScorer(clip, mlp, device=self.config.get("device"),
-                                           resolution=self.params.resolution, background=self.params.background,
-                                           precision=self.params.precision)
-            self._hashes = (self._scorer.clip_sha256, self._scorer.mlp_sha256)
+    def load_model(self) -> AestheticScorer:
+        return AestheticScorer(self.model_ref("model").path, self.model_ref("head").path, self.device,
+                               resolution=self.params.resolution, background=self.params.background,
+                               precision=self.params.precision)
 
     def _pool(self):
         """Threads that read, decode and preprocess views (PIL and numpy release the GIL)."""
@@ -331,8 +284,9 @@ class AestheticStage(Stage):
         return out
 
     def run_batch(self, tasks: Sequence[AssetTask], ctx: StageContext) -> list[StageResult | BaseException]:
-        self.setup()
-        assert self._scorer is not None
+        failed = self.failed_setup(list(tasks))
+        if failed:
+            return failed
         results: list[StageResult | BaseException | None] = [None] * len(tasks)
         spans: list[tuple[int, list[str], int, int]] = []
         images: list[Image.Image] = []
@@ -353,7 +307,7 @@ class AestheticStage(Stage):
             spans.append((i, names, len(images), len(imgs)))
             images.extend(imgs)
         if images:
-            scores, embs = self._scorer.score(images, batch=int(self.config.get("image_batch", 64)), pool=pool)
+            scores, embs = self.model.score(images, batch=int(self.config.get("image_batch", 64)), pool=pool)
         rid = self.recipe_id()
         for i, names, start, n in spans:
             t = tasks[i]

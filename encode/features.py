@@ -7,29 +7,33 @@ the last block's output before the final LayerNorm (x_prenorm), CLS and register
 `encode.projection`); the mean over views is taken in float32 and stored as float16.
 
 Throughput: one actor holds the model; `run_batch` streams the views of all assets of the batch
-through it in batches of `batch_views` (views of different assets share a batch). PNG decode and
-resize run in a thread pool ahead of the model (bounded prefetch), uint8 pixels go to the device
-and are normalised there, and the npz is compressed and published by a writer pool, so the device
-does not wait on the CPU. A loader failure is a typed failure of that asset (or, for one view, a
-skipped view as in the reference), and every wait has a time limit: nothing can hang (G19).
+through it in batches of `batch_views` (views of different assets share a batch). A feeder thread
+(`encode.viewfeed`) reads, decodes, uploads, resizes and normalises batch k+1 on its own CUDA stream
+while the model runs batch k, and the npz is compressed and published by a writer pool, so the
+device waits neither on the CPU nor on a host synchronisation. A loader failure is a typed failure
+of that asset (or, for one view, a skipped view as in the reference), and every wait has a time
+limit: nothing can hang (G19).
 
-Params (fingerprinted): `model` (location, replaced by the weights hash), `name` (variant),
-`image_size`, `precision` (`bf16` autocast, or `fp32` for parity checks), `resolution`.
+Params (fingerprinted, catalogs.modelstage): `model` (location, replaced by the weights hash),
+`name` (variant), `image_size`, `precision` (`bf16` autocast, or `fp32`), `resolution`.
 Config (not fingerprinted): `device`, `batch_views`, `loader_threads`, `writer_threads`,
-`view_timeout_s`, `prefetch_views`, `npz_compresslevel` (deflate level, default 1), `resize_on_device` (default: on a GPU). With it the loader
-only decodes the PNG and the 518 px LANCZOS resize runs on the device with Pillow's exact integer
-algorithm (`encode.resample`), which takes most of the CPU cost off the loader.
+`view_timeout_s`, `prefetch_views`, `npz_compresslevel` (deflate level, default 1),
+`png_decoder` (`auto` | `cv2` | `torchvision` | `pil`: the same pixels, `encode.pngdecode`),
+`resize_on_device` (default: on a GPU; the 518 px LANCZOS resize then runs on the device with
+Pillow's exact integer algorithm, `encode.resample`), `attention` (SDPA kernel: `auto` | `flash` |
+`efficient` | `cudnn` | `math`) and `compile` (`torch.compile` mode, or false; partial batches are
+padded to `batch_views` so one graph serves all).
 """
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
+import contextlib
+import functools
 import io
 import json
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,10 +42,13 @@ from catalogs import layout
 from catalogs.stage import (
     AssetTask, CorruptFile, MissingUpstream, ModelConfigMismatch, NonFinite, Resources, StageContext, StageResult,
 )
-from encode.modelstage import ModelStage
+from catalogs.modelstage import ModelStage
+from encode import pngdecode
 from encode.npzio import DEFAULT_LEVEL, write_npz
 from encode.plyio import read_points_ply
 from encode.projection import cameras_from_transforms, project_uv, sum_sampled, token_grid, voxel_indices
+from encode.viewfeed import FeedAsset, ViewFeed
+from trellis_core.locations import TRANSFORMERS
 
 log = logging.getLogger("trellis_data.features")
 
@@ -61,40 +68,22 @@ def load_view(data: bytes, size: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8).copy()
 
 
-def decode_view(data: bytes) -> np.ndarray:
-    """uint8 (H, W, 4): the PNG as RGBA at its own size (resized later on the device, bit-exact)."""
-    from PIL import Image
+@functools.lru_cache(maxsize=8)
+def _stats(device):
+    import torch
 
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGBA"), dtype=np.uint8).copy()
+    return (torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device),
+            torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device))
 
 
-def preprocess(pixels, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+def preprocess(pixels):
     """uint8 RGBA (B, S, S, 4) tensor -> normalised float32 (B, 3, S, S): /255, RGB*A, ImageNet."""
     import torch
 
     x = pixels.to(torch.float32) / 255.0
     rgb = x[..., :3] * x[..., 3:4]
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device)
+    m, s = _stats(x.device)
     return ((rgb - m) / s).permute(0, 3, 1, 2).contiguous()
-
-
-@dataclass
-class _Asset:
-    """One asset in flight through `run_batch`."""
-
-    i: int
-    task: AssetTask
-    render_rel: str
-    names: list[str]
-    indices: np.ndarray
-    uv: Any  # torch (V, N, 2) on the device
-    acc: Any = None  # torch (C, N) float32
-    loaded: int = 0
-    pending: int = 0
-    skipped: list[str] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
 
 
 class FeatureStage(ModelStage):
@@ -104,7 +93,8 @@ class FeatureStage(ModelStage):
     resources = Resources(num_cpus=2.0, num_gpus=1.0)
     batch_size = 8
     timeout_s = 900.0
-    model_family = "dinov2"
+    models = {"model": TRANSFORMERS}
+    precisions = ("bf16", "fp32")
 
     @dataclass(frozen=True)
     class Params:
@@ -114,16 +104,11 @@ class FeatureStage(ModelStage):
         precision: str = "bf16"
         resolution: int = 64
 
-        def __post_init__(self) -> None:
-            if self.precision not in ("bf16", "fp32"):
-                raise ValueError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
-
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.model = None
         self._loader: cf.ThreadPoolExecutor | None = None
         self._writer: cf.ThreadPoolExecutor | None = None
-        self._config_error: str | None = None
+        self._compiled = False
 
     # settings -----------------------------------------------------------------------------------
     def _cfg(self, key: str, cpu: Any, gpu: Any) -> Any:
@@ -137,19 +122,21 @@ class FeatureStage(ModelStage):
     def resize_on_device(self) -> bool:
         return bool(self._cfg("resize_on_device", False, True))
 
-    def to_model_size(self, arrays: list[np.ndarray]):
-        """Stack loaded views onto the device at image_size x image_size (uint8 RGBA)."""
+    def upload(self, arrays: list[np.ndarray]):
+        """Loaded views -> model input (B, 3, S, S) float32 on the device (the feeder thread's work:
+        pinned stack, copy, exact LANCZOS resize where the loader did not, normalisation)."""
         import torch
 
         from encode.resample import resize_rgba
 
         dev, size = self.device, self.params.image_size
         if len({a.shape for a in arrays}) == 1:
-            host = torch.from_numpy(np.stack(arrays))
-            if dev.type == "cuda":
-                host = host.pin_memory()
-            return resize_rgba(host.to(dev, non_blocking=True), size)
-        return torch.cat([resize_rgba(torch.from_numpy(a[None]).to(dev), size) for a in arrays])
+            host = torch.empty((len(arrays), *arrays[0].shape), dtype=torch.uint8, pin_memory=dev.type == "cuda")
+            np.stack(arrays, out=host.numpy())
+            pixels = resize_rgba(host.to(dev, non_blocking=True), size)
+        else:
+            pixels = torch.cat([resize_rgba(torch.from_numpy(a[None]).to(dev), size) for a in arrays])
+        return preprocess(pixels)
 
     @property
     def view_timeout_s(self) -> float:
@@ -160,29 +147,31 @@ class FeatureStage(ModelStage):
         if self._loader is None:
             self._loader = cf.ThreadPoolExecutor(int(self._cfg("loader_threads", 2, 12)), thread_name_prefix="feat-load")
             self._writer = cf.ThreadPoolExecutor(int(self._cfg("writer_threads", 1, 8)), thread_name_prefix="feat-write")
-        if self.model is None:
-            self.model = self.load_model()
+        super().setup()
 
     def load_model(self):
         """The DINOv2 model on the device, returning x_prenorm as `last_hidden_state` (final norm removed)."""
         import torch
         from transformers import AutoConfig, Dinov2WithRegistersModel
 
-        path = str(self.model_ref.path)
+        path = str(self.model_ref().path)
         cfg = AutoConfig.from_pretrained(path)
         if cfg.model_type != "dinov2_with_registers":
-            self._config_error = f"{self.params.model}: model_type {cfg.model_type!r}, expected 'dinov2_with_registers'"
-            return None
+            raise ModelConfigMismatch(f"{self.params.model}: model_type {cfg.model_type!r}, expected 'dinov2_with_registers'")
         try:
             token_grid(self.params.image_size, cfg.patch_size)
         except ValueError as exc:
-            self._config_error = str(exc)
-            return None
+            raise ModelConfigMismatch(f"{self.params.model}: {exc}") from None
         model = Dinov2WithRegistersModel.from_pretrained(path, attn_implementation="sdpa")
         # x_prenorm = the input of the final LayerNorm (= hidden_states[-1]); dropping the norm gives it
         # as last_hidden_state without keeping every layer's hidden state alive.
         model.layernorm = torch.nn.Identity()
-        return model.eval().requires_grad_(False).to(self.device)
+        model = model.eval().requires_grad_(False).to(self.device)
+        mode = self.config.get("compile", False)
+        if mode:
+            model = torch.compile(model, mode=None if mode is True else str(mode), dynamic=False)
+            self._compiled = True
+        return model
 
     def close(self) -> None:
         for pool in (self._loader, self._writer):
@@ -193,18 +182,35 @@ class FeatureStage(ModelStage):
     # model ----------------------------------------------------------------------------------------
     def tokens(self, pixels):
         """uint8 RGBA (B, S, S, 4) on the device -> float32 patch-token maps (B, C, G, G)."""
+        return self.forward(preprocess(pixels))
+
+    def forward(self, x):
+        """Normalised (B, 3, S, S) -> float32 patch-token maps (B, C, G, G), in the stage's precision."""
         import torch
 
-        x = preprocess(pixels)
         cfg = self.model.config
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.params.precision == "bf16"):
-            h = self.model(pixel_values=x).last_hidden_state
+        n = x.shape[0]
+        if self._compiled and n < self.batch_views:  # one graph for every batch: pad the last one
+            x = torch.cat([x, x.new_zeros((self.batch_views - n, *x.shape[1:]))])
+        with torch.no_grad(), self._attention(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                               enabled=self.params.precision == "bf16"):
+            h = self.model(pixel_values=x).last_hidden_state[:n]
         g = token_grid(self.params.image_size, cfg.patch_size)
         patches = h[:, 1 + cfg.num_register_tokens:, :]
         if patches.shape[1] != g * g:
             raise ModelConfigMismatch(f"model returned {patches.shape[1]} patch tokens, expected {g}x{g}")
-        return patches.transpose(1, 2).reshape(h.shape[0], h.shape[2], g, g).float()
+        return patches.transpose(1, 2).reshape(n, h.shape[2], g, g).float()
+
+    def _attention(self):
+        """The SDPA kernel config `attention` asks for (`auto`: PyTorch's own choice)."""
+        want = str(self.config.get("attention", "auto"))
+        if want == "auto" or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        kernels = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                   "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+        return sdpa_kernel(kernels[want])
 
     # work -----------------------------------------------------------------------------------------
     def run(self, task: AssetTask, ctx: StageContext) -> StageResult:
@@ -241,98 +247,72 @@ class FeatureStage(ModelStage):
             raise CorruptFile(f"{task.sha256[:12]}: {exc}") from exc
         return render_rel, names, w2c, K, points, indices
 
+    def _make_asset(self, i: int, task: AssetTask, prepared: tuple) -> FeedAsset:
+        """An asset ready to stream: voxel centres projected into every view (on the feeder's stream)."""
+        import torch
+
+        render_rel, names, w2c, K, points, indices = prepared
+        pinned = self.device.type == "cuda"  # pageable copies would synchronise the stream
+        pts, w2c, K = (torch.from_numpy(np.ascontiguousarray(a)) for a in (points, w2c, K))
+        if pinned:
+            pts, w2c, K = pts.pin_memory(), w2c.pin_memory(), K.pin_memory()
+        dev = self.device
+        uv = project_uv(pts.to(dev, non_blocking=True), w2c.to(dev, non_blocking=True), K.to(dev, non_blocking=True))
+        return FeedAsset(i, task, render_rel, names, indices, uv)
+
     def run_batch(self, tasks, ctx: StageContext) -> list:
         import torch
 
-        self.setup()
+        failed = self.failed_setup(tasks)
+        if failed:
+            return failed
         results: list[Any] = [None] * len(tasks)
-        if self.model is None:
-            return [ModelConfigMismatch(self._config_error or "model not loaded") for _ in tasks]
-        dev = self.device
         size = self.params.image_size
-        loader = self._loader
-        preps = [loader.submit(self._prepare, t, ctx) for t in tasks]
-
-        def view_futures():
-            """(asset, view index, future) in order, submitted lazily by the consumer below."""
-            for i, fut in enumerate(preps):
-                try:
-                    render_rel, names, w2c, K, points, indices = fut.result(timeout=self.view_timeout_s)
-                    uv = project_uv(torch.from_numpy(points).to(dev), torch.from_numpy(w2c), torch.from_numpy(K))
-                except cf.TimeoutError:
-                    results[i] = MissingUpstream(f"{tasks[i].sha256[:12]}: reading upstream files timed out")
-                    continue
-                except Exception as exc:
-                    results[i] = exc
-                    continue
-                a = _Asset(i, tasks[i], render_rel, names, indices, uv, pending=len(names))
-                for v, name in enumerate(names):
-                    yield a, v, name
-
         on_device = self.resize_on_device
+        decoder = pngdecode.choose(str(self.config.get("png_decoder", "auto")))
 
         def read(rel: str) -> np.ndarray:
             data = ctx.store.read_bytes(rel)
-            return decode_view(data) if on_device else load_view(data, size)
+            return pngdecode.decode_rgba(data, decoder) if on_device else load_view(data, size)
 
-        prefetch = int(self.config.get("prefetch_views", max(2 * self.batch_views, 32)))
-        window: collections.deque = collections.deque()
-        stream = view_futures()
-        exhausted = False
+        def on_failed(i: int, exc: BaseException) -> None:
+            results[i] = exc
 
-        def fill() -> None:
-            nonlocal exhausted
-            while not exhausted and len(window) < prefetch:
-                try:
-                    a, v, name = next(stream)
-                except StopIteration:
-                    exhausted = True
-                    return
-                window.append((a, v, name, loader.submit(read, f"{a.render_rel}/{name}")))
-
+        feed = ViewFeed([self._loader.submit(self._prepare, t, ctx) for t in tasks], tasks, device=self.device,
+                        loader=self._loader, make_asset=self._make_asset, read=read, upload=self.upload,
+                        on_failed=on_failed, batch_views=self.batch_views,
+                        prefetch=int(self.config.get("prefetch_views", 2 * self.batch_views)),
+                        timeout_s=self.view_timeout_s)
         writes: list[tuple[int, cf.Future]] = []
         try:
-            fill()
-            while window:
-                batch = []
-                while window and len(batch) < self.batch_views:
-                    a, v, name, fut = window.popleft()
-                    try:
-                        arr = fut.result(timeout=self.view_timeout_s)
-                    except Exception as exc:  # unreadable view: skipped, as in the reference (§5 step 4)
-                        fut.cancel()
-                        a.skipped.append(f"{name}: {type(exc).__name__}: {exc}"[:200])
-                        a.pending -= 1
-                        if a.pending == 0:
-                            writes.append((a.i, self._finish(a, ctx)))
-                        continue
-                    batch.append((a, v, arr))
-                    fill()
-                fill()
-                if not batch:
-                    continue
-                toks = self.tokens(self.to_model_size([arr for _, _, arr in batch]))
-                j = 0
-                while j < len(batch):  # consecutive views of one asset
-                    a = batch[j][0]
-                    k = j
-                    while k < len(batch) and batch[k][0] is a:
-                        k += 1
-                    vidx = torch.tensor([v for _, v, _ in batch[j:k]], device=dev)
-                    part = sum_sampled(toks[j:k], a.uv[vidx])
-                    a.acc = part if a.acc is None else a.acc + part
-                    a.loaded += k - j
-                    a.pending -= k - j
-                    if a.pending == 0:
-                        writes.append((a.i, self._finish(a, ctx)))
-                    j = k
+            for batch in feed:
+                if batch.rows:
+                    toks = self.forward(batch.pixels)
+                    j = 0
+                    while j < len(batch.rows):  # consecutive rows of one asset
+                        a = batch.rows[j][0]
+                        k = j
+                        while k < len(batch.rows) and batch.rows[k][0] is a:
+                            k += 1
+                        views = [v for _, v in batch.rows[j:k]]
+                        if views[-1] - views[0] == k - j - 1:
+                            uv = a.uv[views[0]:views[-1] + 1]
+                        else:  # a skipped view left a gap
+                            uv = a.uv[torch.tensor(views).to(self.device, non_blocking=True)]
+                        part = sum_sampled(toks[j:k], uv)
+                        a.acc = part if a.acc is None else a.acc + part
+                        a.loaded += k - j
+                        j = k
+                for a in batch.done:
+                    writes.append((a.i, self._finish(a, ctx)))
         except Exception as exc:  # e.g. out of memory: every asset without a result fails with it
             log.warning("feature batch failed: %s: %s", type(exc).__name__, exc)
-            for _, _, _, fut in window:
-                fut.cancel()
+            written = {i for i, _ in writes}
             for i in range(len(tasks)):
-                if results[i] is None and all(w[0] != i for w in writes):
+                if results[i] is None and i not in written:
                     results[i] = exc
+        finally:
+            feed.close()
         for i, fut in writes:
             try:
                 results[i] = fut.result(timeout=max(60.0, self.timeout_s))
@@ -340,7 +320,7 @@ class FeatureStage(ModelStage):
                 results[i] = exc
         return [r if r is not None else RuntimeError("feature stage produced no result") for r in results]
 
-    def _finish(self, a: _Asset, ctx: StageContext) -> cf.Future:
+    def _finish(self, a: FeedAsset, ctx: StageContext) -> cf.Future:
         """Mean over the loaded views -> float16, then compress and publish in the writer pool."""
         import torch
 
@@ -362,7 +342,7 @@ class FeatureStage(ModelStage):
             host, flag, event = mean, finite, None
         return self._writer.submit(self._write, a, ctx, host, flag, event)
 
-    def _write(self, a: _Asset, ctx: StageContext, host, flag, event) -> StageResult:
+    def _write(self, a: FeedAsset, ctx: StageContext, host, flag, event) -> StageResult:
         if event is not None:
             event.synchronize()
         if not bool(flag):

@@ -4,15 +4,22 @@
   (posterior mean) -> `ss_latents/<model>/<sha>.npz` with `mean` float32 (8, 16, 16, 16), [c, x, y, z].
 - `SLatStage` ("slat"): `features/<feat_model>/<sha>.npz` -> SLatEncoder (posterior mean) ->
   `latents/<feat_model>_<model>/<sha>.npz` with `feats` float32 (N, 8) and `coords` uint8 (N, 3), in
-  the features' (= voxel ply's) row order. Assets are packed into one sparse batch up to
-  `max_tokens` voxels.
+  the features' (= voxel ply's) row order. Assets are packed, in arrival order, into sparse batches
+  of up to `max_tokens` voxels (`pack_by_tokens`).
+
+Throughput: upstream files are read and decompressed by a loader pool ahead of the model; inputs go
+to the device through pinned memory and results come back the same way, with a CUDA event that
+a writer pool waits on before it compresses and publishes. The model thread therefore never
+blocks on a copy: while the writers publish batch k and the loaders read batch k+2, the device
+runs batch k+1.
 
 A non-finite latent is `NonFinite`; a missing upstream file `MissingUpstream`; a model whose config
 does not fit the data (input channels, class, resolution, or SLat fed by another feature model)
 `ModelConfigMismatch`. All are per asset: one bad asset never fails its batch-mates.
 
-Precision: the released encoders are built with an fp16 torso; on a CPU device the torso runs in
-fp32 (config `torso_dtype`: `auto` | `fp16` | `bf16` | `fp32`).
+Params `model` (location: local stem, `owner/repo[@revision]/<stem>` on the Hub, or `tiny:<kind>`),
+`name` (the variant) and `precision`: the dtype of the encoders' torso, `fp16` (the released
+encoders' own, default) | `bf16` | `fp32`, the same arithmetic on every device (catalogs.modelstage).
 """
 
 from __future__ import annotations
@@ -25,62 +32,47 @@ from typing import Any
 import numpy as np
 
 from catalogs import layout
+from catalogs.modelstage import ModelStage
 from catalogs.stage import (
     AssetTask, CorruptFile, MissingUpstream, ModelConfigMismatch, NonFinite, Resources, StageContext, StageResult,
 )
-from encode.modelstage import ModelStage
 from encode.npzio import DEFAULT_LEVEL, npz_bytes
 from encode.plyio import read_points_ply
 from encode.projection import voxel_indices
+from trellis_core.locations import TRELLIS
 
 log = logging.getLogger("trellis_data.latents")
 
-
-def _torso_dtype(name: str, device):
-    import torch
-
-    if name == "auto":
-        return None if device.type == "cuda" else torch.float32
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+TORSO_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
 class _EncoderStage(ModelStage):
-    model_family = "trellis"
+    models = {"model": TRELLIS}
+    precisions = tuple(TORSO_DTYPES)
     expected_class: str = ""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.model = None
-        self._config_error: str | None = None
+        self._loader = self._writer = None  # thread pools, made in setup()
 
-    def setup(self) -> None:
-        if self.model is not None or self._config_error is not None:
-            return
+    def load_model(self):
+        import torch
+
         from trellis_core import from_pretrained, load_model_config
 
-        stem = str(self.model_ref.path)
-        cfg = load_model_config(stem)
-        err = self.check_config(cfg)
+        stem = str(self.model_ref().path)
+        err = self.check_config(load_model_config(stem))
         if err:
-            self._config_error = f"{self.params.model}: {err}"
-            return
+            raise ModelConfigMismatch(f"{self.params.model}: {err}")
         model = from_pretrained(stem, device=self.device)
-        dtype = _torso_dtype(str(self.config.get("torso_dtype", "auto")), self.device)
-        if dtype is not None and hasattr(model, "convert_torso"):
-            model.convert_torso(dtype)
-        self.model = model.eval().requires_grad_(False)
+        model.convert_torso(getattr(torch, TORSO_DTYPES[self.params.precision]))
+        return model.eval().requires_grad_(False)
 
     def check_config(self, cfg: dict[str, Any]) -> str | None:
         name = cfg.get("name")
         aliases = {self.expected_class, "Elastic" + self.expected_class}
         if name not in aliases:
             return f"checkpoint holds a {name!r}, expected {self.expected_class}"
-        return None
-
-    def _failed_all(self, tasks) -> list | None:
-        self.setup()
-        if self._config_error:
-            return [ModelConfigMismatch(self._config_error) for _ in tasks]
         return None
 
     def run(self, task: AssetTask, ctx: StageContext) -> StageResult:
@@ -101,21 +93,57 @@ class _EncoderStage(ModelStage):
         level = int(self.config.get("npz_compresslevel", DEFAULT_LEVEL))
         return ctx.store.write_bytes(rel, npz_bytes(level, **arrays))
 
-    def _map(self, fn, items: list) -> list:
-        """fn over items in a thread pool (npz decompression releases the GIL); exceptions as values."""
+    def setup(self) -> None:
         import concurrent.futures as cf
 
-        def safe(it):
-            try:
-                return fn(it)
-            except Exception as exc:
-                return exc
+        if self._loader is None:
+            cuda = self.device.type == "cuda"
+            self._loader = cf.ThreadPoolExecutor(int(self.config.get("loader_threads", 8 if cuda else 2)),
+                                                 thread_name_prefix=f"{self.name}-load")
+            self._writer = cf.ThreadPoolExecutor(int(self.config.get("writer_threads", 4 if cuda else 1)),
+                                                 thread_name_prefix=f"{self.name}-write")
+        super().setup()
 
-        threads = int(self.config.get("loader_threads", 8 if self.device.type == "cuda" else 2))
-        if threads <= 1 or len(items) <= 1:
-            return [safe(it) for it in items]
-        with cf.ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(safe, items))
+    def close(self) -> None:
+        for pool in (self._loader, self._writer):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._loader = self._writer = None
+
+    def _host(self, shape: tuple, dtype) -> Any:
+        """A host tensor the device can copy from and to without synchronising (pinned on CUDA)."""
+        import torch
+
+        return torch.empty(shape, dtype=dtype, pin_memory=self.device.type == "cuda")
+
+    def _to_host(self, *tensors) -> tuple[tuple, Any]:
+        """Start device -> host copies; returns (host tensors, event the reader waits on)."""
+        import torch
+
+        hosts = tuple(self._host(tuple(t.shape), t.dtype) for t in tensors)
+        for h, t in zip(hosts, tensors):
+            h.copy_(t, non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        return hosts, event
+
+    def _loads(self, fn, tasks) -> list:
+        """fn over tasks on the loader pool (npz decompression releases the GIL), in task order."""
+        return [self._loader.submit(fn, t) for t in tasks]
+
+    @staticmethod
+    def _collect(out: list, jobs: list, timeout_s: float) -> list:
+        """Results of the writer jobs [(indices, future)] into `out`; a failed job fails its assets."""
+        for idx, fut in jobs:
+            try:
+                for i, r in zip(idx, fut.result(timeout=timeout_s)):
+                    out[i] = r
+            except Exception as exc:
+                for i in idx:
+                    out[i] = exc
+        return out
 
 
 class SSLatentStage(_EncoderStage):
@@ -131,6 +159,7 @@ class SSLatentStage(_EncoderStage):
     class Params:
         model: str = "microsoft/TRELLIS-image-large/ckpts/ss_enc_conv3d_16l8_fp16"
         name: str | None = None
+        precision: str = "fp16"
         resolution: int = 64
 
     def check_config(self, cfg: dict[str, Any]) -> str | None:
@@ -158,44 +187,55 @@ class SSLatentStage(_EncoderStage):
     def run_batch(self, tasks, ctx: StageContext) -> list:
         import torch
 
-        failed = self._failed_all(tasks)
+        failed = self.failed_setup(tasks)
         if failed:
             return failed
         res = self.params.resolution
         out: list[Any] = [None] * len(tasks)
-        good: list[tuple[int, np.ndarray]] = []
-        for i, r in enumerate(self._map(lambda t: self._occupancy(t, ctx), list(tasks))):
-            if isinstance(r, Exception):
-                out[i] = r
-            else:
-                good.append((i, r))
+        loads = self._loads(lambda t: self._occupancy(t, ctx), tasks)
         chunk = int(self.config.get("encode_batch", 16 if self.device.type == "cuda" else 4))
-        for s in range(0, len(good), chunk):
-            part = good[s:s + chunk]
+        jobs: list[tuple[list[int], Any]] = []
+        part: list[tuple[int, np.ndarray]] = []
+        for i, fut in enumerate(loads):
             try:
-                x = torch.zeros(len(part), 1, res, res, res, dtype=torch.float32, device=self.device)
-                for b, (_, idx) in enumerate(part):
-                    ii = torch.from_numpy(idx.astype(np.int64)).to(self.device)
-                    x[b, 0, ii[:, 0], ii[:, 1], ii[:, 2]] = 1.0
-                with torch.no_grad():
-                    z = self.model(x, sample_posterior=False).float()
-                finite = torch.isfinite(z.flatten(1)).all(1).cpu().numpy()
-                z = z.cpu().numpy()
+                part.append((i, fut.result(timeout=self.timeout_s)))
             except Exception as exc:
-                for i, _ in part:
-                    out[i] = exc
-                continue
-            for b, (i, idx) in enumerate(part):
+                out[i] = exc
+            if part and (len(part) == chunk or i == len(loads) - 1):
+                idx = [j for j, _ in part]
                 try:
-                    if not finite[b]:
-                        raise NonFinite(f"{tasks[i].sha256[:12]}: SS latent is not finite")
-                    rel = layout.ss_latents(self.variant, tasks[i].sha256)
-                    n = self._publish(ctx, rel, mean=np.ascontiguousarray(z[b], dtype=np.float32))
-                    out[i] = StageResult(uri=ctx.store.uri(rel), bytes=n, metrics={
-                        "shape": list(z[b].shape), "num_voxels": int(len(idx)), "model": self.variant})
-                except Exception as exc:
-                    out[i] = exc
-        return out
+                    host = self._host((len(part), 1, res, res, res), torch.float32)
+                    grid = host.numpy()
+                    grid.fill(0.0)
+                    for b, (_, vox) in enumerate(part):
+                        grid[b, 0, vox[:, 0], vox[:, 1], vox[:, 2]] = 1.0
+                    with torch.no_grad():
+                        z = self.model(host.to(self.device, non_blocking=True), sample_posterior=False).float()
+                    (zh, fh), event = self._to_host(z, torch.isfinite(z.flatten(1)).all(1))
+                    jobs.append((idx, self._writer.submit(self._write, [tasks[j] for j in idx],
+                                                          [len(v) for _, v in part], zh, fh, event, ctx)))
+                except Exception as exc:  # e.g. out of memory: the assets of this chunk fail with it
+                    for j in idx:
+                        out[j] = exc
+                part = []
+        return self._collect(out, jobs, self.timeout_s)
+
+    def _write(self, tasks: list[AssetTask], counts: list[int], z, finite, event, ctx: StageContext) -> list:
+        if event is not None:
+            event.synchronize()
+        results: list[Any] = []
+        for b, t in enumerate(tasks):
+            try:
+                if not bool(finite[b]):
+                    raise NonFinite(f"{t.sha256[:12]}: SS latent is not finite")
+                mean = np.ascontiguousarray(z[b].numpy(), dtype=np.float32)
+                rel = layout.ss_latents(self.variant, t.sha256)
+                n = self._publish(ctx, rel, mean=mean)
+                results.append(StageResult(uri=ctx.store.uri(rel), bytes=n, metrics={
+                    "shape": list(mean.shape), "num_voxels": counts[b], "model": self.variant}))
+            except Exception as exc:
+                results.append(exc)
+        return results
 
 
 class SLatStage(_EncoderStage):
@@ -211,6 +251,7 @@ class SLatStage(_EncoderStage):
     class Params:
         model: str = "microsoft/TRELLIS-image-large/ckpts/slat_enc_swin8_B_64l8_fp16"
         name: str | None = None
+        precision: str = "fp16"
         feature_model: str = "dinov2_vitl14_reg"
         """The feature variant this SLat is encoded from; part of the variant name (DATA_FORMATS §0)."""
 
@@ -243,67 +284,88 @@ class SLatStage(_EncoderStage):
         return indices, tokens
 
     def run_batch(self, tasks, ctx: StageContext) -> list:
+        failed = self.failed_setup(tasks)
+        if failed:
+            return failed
+        out: list[Any] = [None] * len(tasks)
+        loads = self._loads(lambda t: self._load(t, ctx), tasks)
+        max_tokens = int(self.config.get("max_tokens", 200_000 if self.device.type == "cuda" else 40_000))
+
+        def loaded():
+            for i, fut in enumerate(loads):
+                try:
+                    yield (i, *fut.result(timeout=self.timeout_s))
+                except Exception as exc:
+                    out[i] = exc
+
+        jobs = []
+        for group in pack_by_tokens(loaded(), max_tokens):
+            idx = [i for i, _, _ in group]
+            try:
+                jobs.append((idx, self._encode(group, [tasks[i] for i in idx], ctx)))
+            except Exception as exc:  # e.g. out of memory: the assets of this group fail with it
+                for i in idx:
+                    out[i] = exc
+        return self._collect(out, jobs, self.timeout_s)
+
+    def _encode(self, group: list[tuple[int, np.ndarray, np.ndarray]], tasks: list[AssetTask], ctx: StageContext):
+        """Queue one sparse batch on the device; returns the writer job that publishes its assets."""
         import torch
 
         from trellis_core import SparseTensor
 
-        failed = self._failed_all(tasks)
-        if failed:
-            return failed
-        out: list[Any] = [None] * len(tasks)
-        loaded: list[tuple[int, np.ndarray, np.ndarray]] = []
-        for i, r in enumerate(self._map(lambda t: self._load(t, ctx), list(tasks))):
-            if isinstance(r, Exception):
-                out[i] = r
-            else:
-                loaded.append((i, *r))
-        max_tokens = int(self.config.get("max_tokens", 200_000 if self.device.type == "cuda" else 40_000))
-        for group in pack_by_tokens(loaded, max_tokens):
+        counts = [len(ix) for _, ix, _ in group]
+        n, c = sum(counts), group[0][2].shape[1]
+        feats = self._host((n, c), torch.float16)
+        coords = self._host((n, 4), torch.int32)
+        # float16 goes over the bus and is widened to float32 (the reference's input) on the device
+        np.concatenate([tk for _, _, tk in group], out=feats.numpy(), casting="same_kind")
+        cv = coords.numpy()
+        cv[:, 0] = np.repeat(np.arange(len(group), dtype=np.int32), counts)
+        np.concatenate([ix for _, ix, _ in group], out=cv[:, 1:])
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        lay = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+        dev = self.device
+        x = SparseTensor(feats.to(dev, non_blocking=True).float(), coords.to(dev, non_blocking=True), layout=lay)
+        with torch.no_grad():
+            z = self.model(x, sample_posterior=False)
+        zf = z.feats.float()
+        bad = torch.zeros(len(group), dtype=torch.int32, device=dev).index_add_(
+            0, x.batch_index, (~torch.isfinite(zf).all(1)).to(torch.int32))
+        (zh, bh), event = self._to_host(zf, bad)
+        return self._writer.submit(self._write, tasks, [ix for _, ix, _ in group], lay, zh, bh, event, ctx)
+
+    def _write(self, tasks: list[AssetTask], indices: list[np.ndarray], lay: list[slice], z, bad, event,
+               ctx: StageContext) -> list:
+        if event is not None:
+            event.synchronize()
+        zf = z.numpy()
+        results: list[Any] = []
+        for b, t in enumerate(tasks):
             try:
-                coords = np.concatenate([np.concatenate([np.full((len(ix), 1), b, np.int32), ix.astype(np.int32)], 1)
-                                         for b, (_, ix, _) in enumerate(group)])
-                # float16 goes over the bus and is widened to float32 (the reference's input) on the device
-                feats = torch.from_numpy(np.concatenate([tk for _, _, tk in group]))
-                x = SparseTensor(feats.to(self.device).float(), torch.from_numpy(coords).to(self.device))
-                with torch.no_grad():
-                    z = self.model(x, sample_posterior=False)
-                if not torch.equal(z.coords, x.coords):
-                    raise RuntimeError("SLat encoder changed the voxel order")
-                zf = z.feats.float()
-                row_ok = torch.isfinite(zf).all(1).cpu().numpy()
-                zf = zf.cpu().numpy()
-                lay = z.layout
-                finite = [bool(row_ok[s].all()) for s in lay]
+                if int(bad[b]):
+                    raise NonFinite(f"{t.sha256[:12]}: SLat latent is not finite")
+                rel = layout.latents(self.variant, t.sha256)
+                n = self._publish(ctx, rel, feats=np.ascontiguousarray(zf[lay[b]], dtype=np.float32),
+                                  coords=indices[b].astype(np.uint8))
+                results.append(StageResult(uri=ctx.store.uri(rel), bytes=n, metrics={
+                    "num_voxels": int(len(indices[b])), "latent_channels": int(zf.shape[1]), "model": self.variant}))
             except Exception as exc:
-                for i, _, _ in group:
-                    out[i] = exc
-                continue
-            for b, (i, ix, _) in enumerate(group):
-                try:
-                    if not finite[b]:
-                        raise NonFinite(f"{tasks[i].sha256[:12]}: SLat latent is not finite")
-                    rel = layout.latents(self.variant, tasks[i].sha256)
-                    n = self._publish(ctx, rel, feats=np.ascontiguousarray(zf[lay[b]], dtype=np.float32),
-                                      coords=ix.astype(np.uint8))
-                    out[i] = StageResult(uri=ctx.store.uri(rel), bytes=n, metrics={
-                        "num_voxels": int(len(ix)), "latent_channels": int(zf.shape[1]), "model": self.variant})
-                except Exception as exc:
-                    out[i] = exc
-        return out
+                results.append(exc)
+        return results
 
 
-def pack_by_tokens(items: list[tuple], max_tokens: int) -> list[list[tuple]]:
-    """Greedy packing of (i, indices, tokens) items into groups of at most `max_tokens` voxels
-    (largest first; an item larger than the limit gets a group of its own)."""
-    groups: list[list[tuple]] = []
+def pack_by_tokens(items, max_tokens: int):
+    """Groups of (i, indices, tokens) items in arrival order, each of at most `max_tokens` voxels
+    (an item larger than the limit gets a group of its own); a generator, so a group goes to the
+    device as soon as it is full while later items are still being read."""
     current: list[tuple] = []
     n = 0
-    for item in sorted(items, key=lambda it: -len(it[1])):
+    for item in items:
         if current and n + len(item[1]) > max_tokens:
-            groups.append(current)
+            yield current
             current, n = [], 0
         current.append(item)
         n += len(item[1])
     if current:
-        groups.append(current)
-    return groups
+        yield current

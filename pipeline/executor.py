@@ -248,8 +248,8 @@ def _stream(spec: PipelineSpec, stages: list[Stage], planned: list[PlannedStage]
         ds = ds.map_batches(
             StageRunner,
             fn_constructor_kwargs={
-                "entry": {"name": entry.name, "use": entry.use, "params": entry.params, "config": entry.config,
-                          "upstream": entry.upstream},
+                "entry": {"name": entry.name, "use": entry.use, "params": entry.params,
+                          "config": {**entry.config, **stage.pins()}, "upstream": entry.upstream},
                 "bit": 1 << i, "upstream_bits": sum(1 << index[u] for u in stage.upstream if u in index),
                 "fingerprint": planned[i].fingerprint, "store_url": store.url, "storage_options": dict(storage_options),
                 "run_id": run_id, "progress": counter,

@@ -1,8 +1,8 @@
 """Checkpoint I/O compatible with the released TRELLIS files (MODELS.md 1.2-1.4).
 
 A model lives at a path ``P`` (no extension) as ``P.json`` = ``{"name": <class>, "args": {...}}`` plus
-``P.safetensors`` (the state dict, mixed F16/F32 as constructed). ``P`` may also be
-``<owner>/<repo>/<rest>``: a Hugging Face Hub repo id followed by the file stem inside it.
+``P.safetensors`` (the state dict, mixed F16/F32 as constructed). ``P`` may also be any location of
+``trellis_core.locations`` (``<owner>/<repo>[@revision]/<stem>`` on the Hub, ``tiny:<kind>``);
 ``huggingface_hub`` is imported only when a download is needed; nothing downloads at import time.
 """
 from __future__ import annotations
@@ -15,45 +15,18 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
+from .locations import HubDownloadError, resolve
 from .registry import get_model_class
 
 __all__ = ["from_pretrained", "save_pretrained", "load_model_config", "weights_sha256",
            "HubDownloadError", "resolve_model_files"]
 
 
-class HubDownloadError(OSError):
-    """The files of a model could not be found locally nor fetched from the Hugging Face Hub."""
-
-
-def _download(repo_id: str, filename: str) -> str:
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as e:  # pragma: no cover - huggingface_hub is a dependency
-        raise HubDownloadError("huggingface_hub is required to load models by repo id") from e
-    try:
-        return hf_hub_download(repo_id=repo_id, filename=filename)
-    except Exception as e:  # offline mode, no network, missing repo/file, auth ...
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        hint = (" (HF_HUB_OFFLINE is set and the file is not in the local Hugging Face cache)"
-                if offline else "")
-        raise HubDownloadError(f"could not fetch {filename!r} from Hugging Face repo {repo_id!r}{hint}: "
-                               f"{type(e).__name__}: {e}") from e
-
-
 def resolve_model_files(path: Union[str, os.PathLike]) -> tuple:
-    """``(json_path, safetensors_path)`` for a local stem or ``<owner>/<repo>/<rest>`` Hub path."""
-    path = str(path)
-    for ext in (".json", ".safetensors"):
-        if path.endswith(ext):
-            path = path[: -len(ext)]
-    if os.path.exists(path + ".json") and os.path.exists(path + ".safetensors"):
-        return path + ".json", path + ".safetensors"
-    parts = path.strip("/").split("/")
-    if len(parts) < 3 or os.path.isabs(path) or path.startswith("."):
-        raise FileNotFoundError(f"no model at {path!r}: expected {path}.json and {path}.safetensors, "
-                                "or a Hub path <owner>/<repo>/<file stem>")
-    repo_id, rest = "/".join(parts[:2]), "/".join(parts[2:])
-    return _download(repo_id, rest + ".json"), _download(repo_id, rest + ".safetensors")
+    """``(json_path, safetensors_path)`` of a local stem, an ``<owner>/<repo>[@revision]/<stem>`` Hub
+    reference or a ``tiny:`` kind (``trellis_core.locations``)."""
+    stem = resolve(str(path), "trellis").path
+    return f"{stem}.json", f"{stem}.safetensors"
 
 
 def load_model_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:

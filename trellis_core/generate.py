@@ -57,13 +57,11 @@ class DinoV2Conditioner(nn.Module):
     @classmethod
     def tiny(cls, seed: int = 0, hidden_size: int = 32, num_layers: int = 1, num_heads: int = 2,
              image_size: int = 518, patch_size: int = 14) -> "DinoV2Conditioner":
-        """Random, seeded, NOT pretrained: for tests and the offline demo only."""
-        from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
-        torch.manual_seed(seed)
-        cfg = Dinov2WithRegistersConfig(hidden_size=hidden_size, num_hidden_layers=num_layers,
-                                        num_attention_heads=num_heads, intermediate_size=hidden_size * 4,
-                                        image_size=image_size, patch_size=patch_size, num_register_tokens=4)
-        return cls(Dinov2WithRegistersModel(cfg))
+        """Random, seeded, NOT pretrained (the registry's tiny DINOv2 at this size): tests and the offline demo."""
+        from .models.tiny import tiny_dinov2
+        return cls(tiny_dinov2(seed, hidden_size=hidden_size, num_hidden_layers=num_layers,
+                               num_attention_heads=num_heads, intermediate_size=hidden_size * 4, mlp_ratio=4,
+                               image_size=image_size, patch_size=patch_size))
 
     @property
     def channels(self) -> int:
@@ -105,7 +103,9 @@ class ClipTextConditioner(nn.Module):
              workdir: Optional[str] = None) -> "ClipTextConditioner":
         """Random, seeded, NOT pretrained, with a byte-level vocabulary and no merges."""
         import tempfile
-        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTokenizer
+
+        from .models.tiny import tiny_clip_text
         d = workdir or tempfile.mkdtemp(prefix="tiny-clip-")
         os.makedirs(d, exist_ok=True)
         chars = _byte_chars()
@@ -117,12 +117,11 @@ class ClipTextConditioner(nn.Module):
         with open(os.path.join(d, "merges.txt"), "w") as f:
             f.write("#version: 0.2\n")
         tok = CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"))
-        torch.manual_seed(seed)
-        cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=hidden_size * 4,
-                             num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                             max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
-                             eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
-        return cls(CLIPTextModel(cfg), tok)
+        model = tiny_clip_text(seed, vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=hidden_size * 4,
+                               num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                               bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                               pad_token_id=vocab["<|endoftext|>"])
+        return cls(model, tok)
 
     @property
     def channels(self) -> int:

@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch
 
-from .checkpoint import HubDownloadError, _download, from_pretrained
+from .checkpoint import from_pretrained
+from .locations import HubDownloadError, resolve
 from .samplers import build_sampler
 from .sparse.tensor import SparseTensor
 
@@ -26,7 +27,7 @@ def _pipeline_json(path: str) -> tuple:
         raise FileNotFoundError(f"{path} has no pipeline.json")
     if path.count("/") != 1:
         raise FileNotFoundError(f"no pipeline at {path!r}: expected a folder with pipeline.json or a Hub repo id")
-    return _download(path, "pipeline.json"), path
+    return str(resolve(f"{path}/pipeline.json", "file").path), path
 
 
 class TrellisPipeline:

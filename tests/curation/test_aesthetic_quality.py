@@ -17,26 +17,17 @@ from curation.package import write_package
 from curation.quality import QualityStage, exact_duplicates, near_duplicates, relations
 from curation.sources.sample import build_sample
 from curation_fixtures import sha
+from pipeline.executor import register_models
 
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    import torch
-    from transformers import CLIPConfig, CLIPModel
+    """The registry's tiny seeded CLIP and aesthetic head, as local files (params of the stage)."""
+    from trellis_core.models.tiny import save_tiny
 
     d = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config={"vocab_size": 49408, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "intermediate_size": 64, "max_position_embeddings": 16},
-        vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-                       "image_size": 32, "patch_size": 8},
-        projection_dim=768)
-    CLIPModel(cfg).save_pretrained(d / "clip")
-    torch.manual_seed(1)
-    mlp = build_mlp(768)
-    torch.save(mlp.state_dict(), d / "sac+logos+ava1-l14-linearMSE.pth")
-    return {"clip_model": str(d / "clip"), "mlp_weights": str(d / "sac+logos+ava1-l14-linearMSE.pth")}
+    return {"model": str(save_tiny("clip", d / "clip")), "head": str(save_tiny("aesthetic_head", d / "mlp.pth")),
+            "name": "aesthetic_tiny"}
 
 
 def _renders(store: Store, sha256: str, seed: int, n: int = 8, size: int = 48) -> str:
@@ -58,11 +49,11 @@ def _task(sha256: str, uri: str | None, stage: str = "render") -> AssetTask:
 def test_mlp_structure_and_strict_keys(tmp_path, tiny_models):
     import torch
 
-    mlp = load_mlp(tiny_models["mlp_weights"])
+    mlp = load_mlp(tiny_models["head"])
     assert [type(m).__name__ for m in mlp.layers] == ["Linear", "Dropout", "Linear", "Dropout", "Linear", "Dropout",
                                                       "Linear", "Linear"]
     assert [mlp.layers[i].out_features for i in (0, 2, 4, 6, 7)] == [1024, 128, 64, 16, 1]
-    bad = dict(torch.load(tiny_models["mlp_weights"], weights_only=True))
+    bad = dict(torch.load(tiny_models["head"], weights_only=True))
     bad["layers.1.weight"] = bad.pop("layers.0.weight")
     torch.save(bad, tmp_path / "bad.pth")
     with pytest.raises(ModelConfigMismatch, match="keys differ"):
@@ -84,7 +75,7 @@ def test_aesthetic_deterministic_and_recorded(tmp_path, tiny_models):
     ctx = StageContext(store=store)
     tasks = [_task(s, u) for s, u in zip(shas, uris)] + [_task(sha(b"none"), None)]
 
-    st = AestheticStage({"n_views": 4}, {**tiny_models, "pretrained": False, "num_gpus": 0})
+    st = AestheticStage({"n_views": 4, **tiny_models})
     res = st.run_batch(tasks, ctx)
     assert isinstance(res[3], MissingUpstream)
     scores = [r.metrics["score"] for r in res[:3]]
@@ -93,7 +84,7 @@ def test_aesthetic_deterministic_and_recorded(tmp_path, tiny_models):
     assert res[0].metrics["score"] == pytest.approx(np.mean(res[0].metrics["view_scores"]), abs=1e-6)
 
     # a fresh stage (another worker) gives bit-identical scores for the same batch...
-    st2 = AestheticStage({"n_views": 4}, {**tiny_models, "pretrained": False, "num_gpus": 0})
+    st2 = AestheticStage({"n_views": 4, **tiny_models})
     assert [r.metrics["score"] for r in st2.run_batch(tasks, ctx)[:3]] == scores
     # ...and, batched differently, the same scores up to float rounding of the batched matmuls
     st2.config["image_batch"] = 3
@@ -102,16 +93,17 @@ def test_aesthetic_deterministic_and_recorded(tmp_path, tiny_models):
     assert res2[0].metrics["recipe_id"] == res[0].metrics["recipe_id"]
 
     # the recipe is recorded with both weight hashes, labelled not pretrained
-    wh = st.register(cat)
+    register_models(cat, [st])
     row = cat.query("SELECT * FROM models WHERE stage = 'aesthetic'").to_pylist()[0]
-    assert row["pretrained"] is False and "not pretrained" in row["note"] and row["weights_sha256"] == wh
+    assert row["pretrained"] is False and "not pretrained" in row["note"].lower()
+    assert row["weights_sha256"] == st.weights_hash() and row["variant"] == "aesthetic_tiny"
     recipe = json.loads(row["config"])
     assert recipe["recipe_id"] == res[0].metrics["recipe_id"]
     assert len(recipe["clip_weights_sha256"]) == 64 and len(recipe["mlp_weights_sha256"]) == 64
     assert recipe["background"] == [255, 255, 255] and recipe["views"]["n_views"] == 4
 
     # another background is another recipe and another fingerprint
-    st3 = AestheticStage({"n_views": 4, "background": [0, 0, 0]}, {**tiny_models, "num_gpus": 0})
+    st3 = AestheticStage({"n_views": 4, "background": [0, 0, 0], **tiny_models})
     assert st3.recipe_id() != st.recipe_id()
     assert st3.fingerprint({"render": "x"}) != st.fingerprint({"render": "x"})
     assert st3.run(tasks[0], ctx).metrics["score"] != scores[0]

@@ -14,15 +14,15 @@ from catalogs.store import Store
 def models(tmp_path_factory) -> dict[str, str]:
     from transformers.utils import logging as hf_logging
 
-    from encode.models import make_demo_models, make_tiny_dinov2, make_tiny_slat_encoder
+    from trellis_core.models.tiny import save_tiny
 
     hf_logging.disable_progress_bar()
     d = tmp_path_factory.mktemp("models")
-    out = {k: str(v) for k, v in make_demo_models(d / "a", seed=0).items()}
-    out["dinov2_seed1"] = str(make_tiny_dinov2(d / "b" / "dinov2_tiny", seed=1))
-    out["slat_seed1"] = str(make_tiny_slat_encoder(d / "b" / "slat_enc_tiny_b", seed=1, name="slat_enc_tiny_b"))
-    out["slat_seed1_same_name"] = str(make_tiny_slat_encoder(d / "c" / "slat_enc_tiny", seed=1))
-    out["slat_in32"] = str(make_tiny_slat_encoder(d / "b" / "slat_enc_in32", seed=0, name="slat_enc_in32", in_channels=32))
+    out = {kind: str(save_tiny(kind, d / "a" / kind)) for kind in ("dinov2", "ss_enc", "slat_enc")}
+    out["dinov2_seed1"] = str(save_tiny("dinov2", d / "b" / "dinov2_tiny", seed=1))
+    out["slat_seed1"] = str(save_tiny("slat_enc", d / "b" / "slat_enc_tiny_b", seed=1, name="slat_enc_tiny_b"))
+    out["slat_seed1_same_name"] = str(save_tiny("slat_enc", d / "c" / "slat_enc_tiny", seed=1))
+    out["slat_in32"] = str(save_tiny("slat_enc", d / "b" / "slat_enc_in32", name="slat_enc_in32", in_channels=32))
     return out
 
 

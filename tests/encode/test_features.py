@@ -145,7 +145,7 @@ def test_wrong_model_type_is_a_config_mismatch(tmp_path, ctx):
 
 
 def test_offline_hub_id_gives_a_clear_error(monkeypatch, tmp_path):
-    from encode.models import ModelUnavailable
+    from trellis_core.locations import ModelUnavailable
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -168,3 +168,26 @@ def test_fingerprint_depends_on_weights_not_location(models, tmp_path):
     assert a.fingerprint(up) == b.fingerprint(up) != c.fingerprint(up)
     info = a.model_info()
     assert info["pretrained"] is False and info["config"]["hidden_size"] == 64 and len(info["weights_sha256"]) == 64
+
+
+def test_png_decoders_give_pillows_pixels_and_route_other_kinds_to_pillow():
+    from encode import pngdecode
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (9, 7, 4), dtype=np.uint8)
+    kinds = {"RGBA": Image.fromarray(rgba, "RGBA"), "RGB": Image.fromarray(rgba[..., :3], "RGB"),
+             "L": Image.fromarray(rgba[..., 0], "L"), "P": Image.fromarray(rgba[..., :3], "RGB").quantize(16),
+             "I;16": Image.fromarray(rgba[..., 0].astype(np.uint16) * 257)}
+    files = {}
+    for mode, im in kinds.items():
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        files[mode] = buf.getvalue()
+    buf = io.BytesIO()
+    kinds["RGB"].save(buf, format="PNG", transparency=tuple(int(c) for c in rgba[0, 0, :3]))
+    files["RGB+tRNS"] = buf.getvalue()
+    assert {m for m, d in files.items() if pngdecode.plain_rgb8(d)} == {"RGBA", "RGB"}
+    assert not pngdecode.plain_rgb8(b"\x89PNG broken")
+    for name in pngdecode.available():
+        for mode, data in files.items():
+            np.testing.assert_array_equal(pngdecode.decode_rgba(data, name), pngdecode.decode_pil(data), err_msg=mode)

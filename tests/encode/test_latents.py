@@ -32,7 +32,7 @@ def fake_features(ctx, sha: str, n_vox_seed: int = 0, dim: int = 64, model: str 
 
 def test_ss_latent_format_and_batching(models, ctx):
     tasks = [synth.write_asset(ctx.store, synth.sha(i), n_views=1, seed=i, radius=0.2 + 0.05 * i) for i in range(3)]
-    st = SSLatentStage({"model": models["ss_enc"]}, {"encode_batch": 2})
+    st = SSLatentStage({"model": models["ss_enc"], "precision": "fp32"}, {"encode_batch": 2})
     assert st.variant == "ss_enc_tiny"
     res = st.run_batch(tasks, ctx)
     for t, r in zip(tasks, res):
@@ -58,7 +58,7 @@ def test_slat_format_order_and_batching_by_tokens(models, ctx):
     made = [fake_features(ctx, synth.sha(i), i, radius=0.15 + 0.1 * i) for i in range(3)]
     st = SLatStage({"model": models["slat_enc"], "feature_model": "dinov2_tiny"}, {"max_tokens": 6000})
     assert st.variant == "dinov2_tiny_slat_enc_tiny"
-    assert len(pack_by_tokens([(i, ix, None) for i, (_, ix) in enumerate(made)], 6000)) >= 2
+    assert len(list(pack_by_tokens([(i, ix, None) for i, (_, ix) in enumerate(made)], 6000))) >= 2
     res = st.run_batch([t for t, _ in made], ctx)
     for (t, idx), r in zip(made, res):
         assert not isinstance(r, BaseException), r

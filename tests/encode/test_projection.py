@@ -110,22 +110,20 @@ def test_out_of_frame_views_count_as_zeros_in_the_mean():
 
 class PositionFeatures(FeatureStage):
     """The real stage (loading, batching across assets, projection, averaging, npz) with a token map
-    that encodes the token-centre position, scaled per view by the image's mean red value."""
+    that encodes the token-centre position, scaled per view by the mean of the model input's red plane."""
 
     def load_model(self):
         return object()
 
-    def tokens(self, pixels):
-        s = pixels[..., 0].float().mean((1, 2))
-        return position_map(s)
+    def forward(self, x):
+        return position_map(x[:, 0].mean((1, 2)))
 
 
 def test_stage_average_of_position_map_equals_projected_positions(ctx):
     tasks = [synth.write_asset(ctx.store, synth.sha(i), n_views=5 + i, seed=i, radius=0.2 + 0.1 * i) for i in range(3)]
-    stage = PositionFeatures({"model": "tiny:dinov2"}, {"batch_views": 4, "loader_threads": 2})
-    stage._name = "position_map"
+    stage = PositionFeatures({"model": "tiny:dinov2", "name": "position_map"}, {"batch_views": 4, "loader_threads": 2})
     res = stage.run_batch(tasks, ctx)
-    from encode.features import load_view
+    from encode.features import load_view, preprocess
 
     for i, (t, r) in enumerate(zip(tasks, res)):
         assert not isinstance(r, BaseException), r
@@ -134,7 +132,8 @@ def test_stage_average_of_position_map_equals_projected_positions(ctx):
         plan = cameras.feature_plan(5 + i, seed=i)
         pts = voxel_centres(synth.shell_indices(0.2 + 0.1 * i, seed=i))
         np.testing.assert_array_equal(z["indices"], voxel_indices(pts))  # the ply's row order, floor((p+.5)*64)
-        s = np.array([load_view(synth.image(v, 64, i), 518)[..., 0].astype(np.float32).mean() for v in range(5 + i)])
+        s = np.array([preprocess(torch.from_numpy(load_view(synth.image(v, 64, i), 518)[None]))[0, 0].mean().item()
+                      for v in range(5 + i)])
         uvs = np.stack([cameras.project(pts, v.c2w, v.fov)[0] for v in plan.views])
         ref = np.stack([uvs[..., 0].mean(0), uvs[..., 1].mean(0), (s[:, None] * uvs[..., 0]).mean(0)], 1)
         np.testing.assert_allclose(z["patchtokens"].astype(np.float32), ref, rtol=2e-3, atol=2e-4)

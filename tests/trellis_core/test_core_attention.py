@@ -52,8 +52,9 @@ def test_swin_windows_and_order():
         for w in torch.unique(win, dim=0):
             idx = (win == w).all(1).nonzero(as_tuple=True)[0]
             torch.testing.assert_close(out[idx], _ref(q[idx], k[idx], v[idx]))
-        fwd, inv, lens = swin_partition(x, 8, shift)
+        fwd, inv, lens, cu = swin_partition(x, 8, shift)
         assert sum(lens) == n and torch.equal(fwd[inv], torch.arange(n))
+        assert cu.dtype == torch.int32 and cu.tolist() == [0, *torch.tensor(lens).cumsum(0).tolist()]
 
 
 def test_backend_selection(monkeypatch):

@@ -7,14 +7,14 @@ sequence ``i`` of q attends to sequence ``i`` of k/v only -> ``[Nq, H, d]``.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .backends import resolve_backend, sdpa_varlen_mode
 
-__all__ = ["dense_attention", "varlen_attention"]
+__all__ = ["dense_attention", "varlen_attention", "cumulative_lengths"]
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
@@ -38,17 +38,23 @@ def _naive(q, k, v):
     return torch.einsum("bhlm,bmhd->blhd", attn, v)
 
 
-def _cu(lens: Sequence[int], device) -> torch.Tensor:
+def cumulative_lengths(lens: Sequence[int], device) -> torch.Tensor:
+    """int32 ``[0, l0, l0+l1, ...]`` on ``device`` (through pinned memory: no stream synchronisation)."""
     cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
     cu[1:] = torch.tensor(list(lens), dtype=torch.int64).cumsum(0)
-    return cu.to(device)
+    if torch.device(device).type == "cuda":
+        cu = cu.pin_memory()
+    return cu.to(device, non_blocking=True)
 
 
 def varlen_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q_lens: Sequence[int], kv_lens: Sequence[int],
     backend: Optional[str] = None, sdpa_mode: Optional[str] = None,
+    cu_seqlens: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> torch.Tensor:
+    """``cu_seqlens``: the cumulative lengths of q and k/v on the device, if the caller has them
+    (sparse attention caches them per window partition), else they are built from the lists."""
     if len(q_lens) != len(kv_lens):
         raise ValueError("q_lens and kv_lens must have one entry per sequence")
     if len(q_lens) == 0:
@@ -60,9 +66,13 @@ def varlen_attention(
         import xformers.ops as xops
         mask = xops.fmha.BlockDiagonalMask.from_seqlens(list(q_lens), list(kv_lens))
         return xops.memory_efficient_attention(q[None], k[None], v[None], mask)[0]
+
+    def cu():
+        return cu_seqlens or (cumulative_lengths(q_lens, q.device), cumulative_lengths(kv_lens, q.device))
+
     if name == "flash_attn":
         import flash_attn
-        cq, ck = _cu(q_lens, q.device), _cu(kv_lens, q.device)
+        cq, ck = cu()
         return flash_attn.flash_attn_varlen_func(q, k, v, cq, ck, max(q_lens), max(kv_lens))
     if name == "naive":
         return _by_sequence(q, k, v, q_lens, kv_lens, _naive)
@@ -71,10 +81,10 @@ def varlen_attention(
         mode = "nested"  # flash-based varlen_attn takes half precision only
     if mode == "varlen":
         from torch.nn.attention.varlen import varlen_attn
-        cq, ck = _cu(q_lens, q.device), _cu(kv_lens, q.device)
+        cq, ck = cu()
         return varlen_attn(q, k, v, cq, ck, max(q_lens), max(kv_lens))
     if mode == "nested":
-        return _nested(q, k, v, q_lens, kv_lens)
+        return _nested(q, k, v, *cu())
     if mode == "pad":
         return _padded(q, k, v, q_lens, kv_lens)
     return _bucket(q, k, v, q_lens, kv_lens)
@@ -122,9 +132,8 @@ def _bucket(q, k, v, q_lens, kv_lens):
     return out
 
 
-def _nested(q, k, v, q_lens, kv_lens):
-    cq = _cu(q_lens, q.device).long()
-    ck = _cu(kv_lens, q.device).long()
+def _nested(q, k, v, cq, ck):
+    cq, ck = cq.long(), ck.long()
     nq = torch.nested.nested_tensor_from_jagged(q, cq)
     nk = torch.nested.nested_tensor_from_jagged(k, ck)
     nv = torch.nested.nested_tensor_from_jagged(v, ck)

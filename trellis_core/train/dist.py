@@ -22,10 +22,14 @@ def is_main() -> bool:
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    if world() > 1:
-        x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
+    """Sum ``x`` over ranks (``x`` itself on one rank), on ``x``'s device. NCCL reduces only CUDA tensors, so a host
+    tensor (the trainers' voxel counts and loss terms) makes a round trip through this rank's GPU."""
+    if world() == 1:
+        return x
+    comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else x.device
+    y = x.to(comm, copy=True)
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y.to(x.device)
 
 
 def default_device() -> torch.device:
