@@ -9,7 +9,8 @@ seed 1 measures Cycles' own noise floor (Cycles vs Cycles). At ~12-25 s per view
 machine, only a subset of the 150 planned views is rendered (`VIEWS`, spread over the Hammersley
 sequence: two below the equator, six above); the frames keep their plan names, so the cameras are
 exactly those of a full render. Renders go to a work folder (not committed, resumable per asset);
-`--pack` stores what the parity benchmark needs compactly (see `bench.render_parity.pack_reference`).
+`--pack` stores the seed-0 views compactly (lossless WebP, ~50 kB a view), their transforms.json and
+the Cycles seconds per view in `reference/summary.json`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,28 @@ def render_reference(work: Path, views: tuple[int, ...], seeds: tuple[int, ...],
             stage.close()
 
 
+def pack(work: Path, out: Path = parity_assets.ROOT / "reference") -> None:
+    import os
+    import shutil
+    import statistics
+
+    from PIL import Image
+
+    rows = {}
+    for m in sorted(work.glob("*/seed*/metrics.json")):
+        rows[f"{m.parent.parent.name}/{m.parent.name}"] = json.loads(m.read_text())["seconds_per_view"]
+    for d in sorted(work.glob("*/seed0")):
+        dest = out / d.parent.name
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(d / "transforms.json", dest / "transforms.json")
+        for p in sorted(d.glob("*.png")):
+            Image.open(p).save(dest / f"{p.stem}.webp", "WEBP", lossless=True, quality=100, method=4)
+    (out / "summary.json").write_text(json.dumps({
+        "cycles_cpu_s_per_view": statistics.median(rows.values()), "per_render_s_per_view": rows,
+        "settings": "Cycles 128 spp, OIDN, 512 px, 2 threads; machine shared with other work (median)"}, indent=1))
+    print(f"packed {len(rows)} renders into {out} ({sum(f.stat().st_size for f in out.rglob('*'))} bytes)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=WORK)
@@ -66,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pack", action="store_true", help="store the compact reference data from the work folder")
     args = ap.parse_args(argv)
     if args.pack:
-        from bench.render_parity import pack_reference
-
-        pack_reference(args.work)
+        pack(args.work)
         return 0
     params = {"samples": args.samples, "resolution": args.resolution, "denoise": True}
     render_reference(args.work, tuple(int(v) for v in args.views.split(",")),
