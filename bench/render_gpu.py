@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import package_versions, write_result
-from bench.parity_assets import ROOT
 from render import cameras
 
+ROOT = Path(__file__).resolve().parent / "data" / "render_parity"
+"""The parity set's data (bench.parity_assets.ROOT; not imported: trimesh is not on the GPU machine)."""
 CANONICAL = ROOT / "canonical"
 PUBLISHED_CYCLES_GPU_S_PER_VIEW = 0.6
 

@@ -26,13 +26,14 @@ from catalogs.stage import CorruptFile
 from render import cameras
 from render.gltf_read import GltfError
 from render.mitsuba_engine import MitsubaEngine, Settings, quantize, to_display
-from render.stages import MITSUBA_DEVICES
 
 PNG_COMPRESS_LEVEL = 1
 """zlib level of the PNG views: fast; the files are read once by the feature stage."""
 
 
 def engine_for(params) -> MitsubaEngine:
+    from render.stages import MITSUBA_DEVICES  # noqa: PLC0415  (the Blender stage module, only when staged)
+
     settings = Settings(pixel_filter=params.pixel_filter, filter_width=params.filter_width, denoise=params.denoise)
     return MitsubaEngine(MITSUBA_DEVICES[params.device], settings)
 
